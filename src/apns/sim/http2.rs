@@ -1,0 +1,323 @@
+//! The simulator's HTTP/2 provider API: TLS with an optional client certificate, one task per
+//! connection, Apple's checks in Apple's order, and `GET /sim/stats` / `GET /sim/received`
+//! for tools that want to count deliveries from another process.
+
+use super::{Received, SimCredentials, SimState};
+use crate::apns::Environment;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+const PUSH_TYPES: &[&str] =
+    &["alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity", "pushtotalk"];
+/// Apple's limit for everything but VoIP.
+const MAX_PAYLOAD: usize = 4096;
+/// A JWT older than this is ExpiredProviderToken.
+const JWT_MAX_AGE_SECS: i64 = 3600;
+
+pub struct Http2Sim {
+    acceptor: TlsAcceptor,
+    state: Arc<SimState>,
+    key: p256::ecdsa::VerifyingKey,
+    key_id: String,
+    team_id: String,
+    max_streams: u32,
+    /// Verified JWTs, so each distinct token costs one ECDSA verification (as at Apple).
+    jwts: Mutex<HashMap<String, Result<i64, &'static str>>>,
+}
+
+/// Why a request was refused: status, reason, optional 410 timestamp.
+type Refusal = (u16, &'static str, Option<i64>);
+
+impl Http2Sim {
+    pub fn new(creds: &SimCredentials, state: Arc<SimState>, max_streams: u32) -> Result<Arc<Http2Sim>, String> {
+        let provider = crate::apns::tls::provider();
+        let chain = crate::apns::tls::read_pem_certs(&creds.server_cert).map_err(|e| e.to_string())?;
+        let key_pem = std::fs::read(&creds.server_key).map_err(|e| e.to_string())?;
+        let key: PrivateKeyDer =
+            rustls_pemfile::private_key(&mut &key_pem[..]).ok().flatten().ok_or("simulator server key unreadable")?;
+        let mut roots = RootCertStore::empty();
+        for c in crate::apns::tls::read_pem_certs(&creds.ca_file).map_err(|e| e.to_string())? {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| e.to_string())?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(Http2Sim {
+            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            state,
+            key: creds.verifying_key()?,
+            key_id: creds.key_id.clone(),
+            team_id: creds.team_id.clone(),
+            max_streams,
+            jwts: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Binds and serves until `cancel`; returns the bound address.
+    pub async fn listen(self: Arc<Self>, addr: SocketAddr, cancel: CancellationToken) -> Result<SocketAddr, String> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // cancel-safe: nothing is lost by stopping here
+                    _ = cancel.cancelled() => break,
+                    // cancel-safe: accept() loses no connection when dropped
+                    r = listener.accept() => match r {
+                        Ok((tcp, _)) => {
+                            let me = self.clone();
+                            let cancel = cancel.clone();
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => {}
+                                    r = me.serve(tcp) => if let Err(e) = r { debug!(error = %e, "sim connection ended") },
+                                }
+                            });
+                        }
+                        Err(e) => debug!(error = %e, "sim accept failed"),
+                    }
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream) -> Result<(), String> {
+        let _ = tcp.set_nodelay(true);
+        let tls = self.acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let cert_auth = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+        let mut conn = h2::server::Builder::new()
+            .max_concurrent_streams(self.max_streams)
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 22)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut streams = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                // cancel-safe: accept() keeps unaccepted streams in the connection
+                next = conn.accept() => match next {
+                    Some(Ok((req, respond))) => streams.push(self.handle(req, respond, cert_auth)),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => break,
+                },
+                // cancel-safe: FuturesUnordered::next keeps the other futures
+                Some(()) = streams.next(), if !streams.is_empty() => {}
+            }
+        }
+        while streams.next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, cert_auth: bool) {
+        let (parts, mut body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        if parts.method == http::Method::GET && path.starts_with("/sim/") {
+            let json = match path.as_str() {
+                "/sim/stats" => self.state.stats(),
+                "/sim/received" => serde_json::to_value(self.state.received()).unwrap_or_default(),
+                _ => serde_json::json!({"reason": "BadPath"}),
+            };
+            reply(&mut respond, 200, None, Some(json.to_string().into()));
+            return;
+        }
+        let mut payload = Vec::new();
+        let mut too_large = false;
+        while let Some(chunk) = body.data().await {
+            let Ok(chunk) = chunk else { return };
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if payload.len() + chunk.len() > MAX_PAYLOAD {
+                too_large = true;
+            } else {
+                payload.extend_from_slice(&chunk);
+            }
+        }
+        let apns_id = parts
+            .headers
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        match self.check(&parts, &path, &payload, too_large, cert_auth) {
+            Ok((token, env)) => {
+                self.state.record_accept(|| Received {
+                    token,
+                    environment: env,
+                    topic: header(&parts.headers, "apns-topic"),
+                    push_type: header(&parts.headers, "apns-push-type"),
+                    priority: header(&parts.headers, "apns-priority"),
+                    expiration: header(&parts.headers, "apns-expiration"),
+                    collapse_id: header(&parts.headers, "apns-collapse-id"),
+                    apns_id: apns_id.clone(),
+                    auth: if cert_auth { "certificate" } else { "token" },
+                    payload: serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
+                    at_ms: crate::now_ms(),
+                });
+                reply(&mut respond, 200, Some(&apns_id), None);
+            }
+            Err((status, reason, ts)) => {
+                self.state.record_reject(reason);
+                let body = match ts {
+                    Some(t) => serde_json::json!({"reason": reason, "timestamp": t}),
+                    None => serde_json::json!({"reason": reason}),
+                };
+                reply(&mut respond, status, Some(&apns_id), Some(body.to_string().into()));
+            }
+        }
+    }
+
+    /// Apple's checks; `Ok((token, environment))` when the notification is accepted.
+    fn check(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        payload: &[u8],
+        too_large: bool,
+        cert_auth: bool,
+    ) -> Result<(String, Environment), Refusal> {
+        if parts.method != http::Method::POST {
+            return Err((405, "MethodNotAllowed", None));
+        }
+        let Some(token) = path.strip_prefix("/3/device/") else {
+            return Err((404, "BadPath", None));
+        };
+        if token.is_empty() {
+            return Err((400, "MissingDeviceToken", None));
+        }
+        let h = &parts.headers;
+        for name in [
+            "apns-topic",
+            "apns-push-type",
+            "apns-priority",
+            "apns-expiration",
+            "apns-collapse-id",
+            "apns-id",
+            "authorization",
+        ] {
+            if h.get_all(name).iter().count() > 1 {
+                return Err((400, "DuplicateHeaders", None));
+            }
+        }
+        if !cert_auth {
+            self.check_jwt(h)?;
+        }
+        let topic = header(h, "apns-topic");
+        if topic.is_none() && !cert_auth {
+            return Err((400, "MissingTopic", None));
+        }
+        if let Some(t) = header(h, "apns-push-type") {
+            if !PUSH_TYPES.contains(&t.as_str()) {
+                return Err((400, "InvalidPushType", None));
+            }
+        }
+        if let Some(p) = header(h, "apns-priority") {
+            if !matches!(p.as_str(), "1" | "5" | "10") {
+                return Err((400, "BadPriority", None));
+            }
+        }
+        if let Some(e) = header(h, "apns-expiration") {
+            if e.parse::<u64>().is_err() {
+                return Err((400, "BadExpirationDate", None));
+            }
+        }
+        if header(h, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
+            return Err((400, "BadCollapseId", None));
+        }
+        if header(h, "apns-id").is_some_and(|id| uuid::Uuid::try_parse(&id).is_err()) {
+            return Err((400, "BadMessageId", None));
+        }
+        if too_large {
+            return Err((413, "PayloadTooLarge", None));
+        }
+        if payload.is_empty() {
+            return Err((400, "PayloadEmpty", None));
+        }
+        let token = token.to_ascii_lowercase();
+        if crate::apns::normalize_token(&token).as_deref() != Ok(token.as_str()) {
+            return Err((400, "BadDeviceToken", None));
+        }
+        let authority = parts.uri.authority().map(|a| a.host()).unwrap_or("");
+        let env = if authority.contains("sandbox") { Environment::Sandbox } else { Environment::Production };
+        self.state.judge_token(&token, env)?;
+        Ok((token, env))
+    }
+
+    fn check_jwt(&self, h: &HeaderMap) -> Result<(), Refusal> {
+        let Some(auth) = header(h, "authorization") else {
+            return Err((403, "MissingProviderToken", None));
+        };
+        let Some(jwt) = auth.strip_prefix("bearer ") else {
+            return Err((403, "InvalidProviderToken", None));
+        };
+        let verdict = {
+            let cache = self.jwts.lock().expect("jwt cache");
+            cache.get(jwt).copied()
+        };
+        let verdict = match verdict {
+            Some(v) => v,
+            None => {
+                let v = match crate::apns::auth::verify_jwt(jwt, &self.key) {
+                    None => Err("InvalidProviderToken"),
+                    Some((kid, _, _)) if kid != self.key_id => Err("InvalidProviderToken"),
+                    Some((_, iss, _)) if iss != self.team_id => Err("InvalidProviderToken"),
+                    Some((_, _, iat)) => Ok(iat as i64),
+                };
+                self.jwts.lock().expect("jwt cache").insert(jwt.to_string(), v);
+                v
+            }
+        };
+        match verdict {
+            Err(reason) => Err((403, reason, None)),
+            Ok(iat) if crate::now_ms() / 1000 - iat > JWT_MAX_AGE_SECS => Err((403, "ExpiredProviderToken", None)),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn reply(respond: &mut SendResponse<Bytes>, status: u16, apns_id: Option<&str>, body: Option<Bytes>) {
+    let mut resp =
+        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if let Some(id) = apns_id {
+        resp = resp.header("apns-id", id);
+    }
+    if body.is_some() {
+        resp = resp.header("content-type", "application/json");
+    }
+    let resp = resp.body(()).expect("static response parts are valid");
+    match body {
+        None => {
+            let _ = respond.send_response(resp, true);
+        }
+        Some(b) => {
+            if let Ok(mut stream) = respond.send_response(resp, false) {
+                let _ = stream.send_data(b, true);
+            }
+        }
+    }
+}

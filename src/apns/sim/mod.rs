@@ -1,0 +1,226 @@
+//! The built-in APNs simulator, for `demo`, tests and benchmarks: an HTTP/2 server that
+//! answers as Apple documents (headers, JWT or client certificate, sizes, 410 with a
+//! timestamp, BadDeviceToken, the status table) and records what it accepted.
+//!
+//! Apple cannot be reached from a test machine, so this is the one stand-in the project
+//! allows. It never runs in the daemon's hot path.
+//!
+//! The environment of a request is read from its `:authority` (dingdong keeps Apple's host
+//! names there even when `apns.endpoint` points at the simulator), so a sandbox token sent
+//! to the production host is refused with BadDeviceToken, as Apple does.
+
+pub mod certs;
+pub mod http2;
+
+pub use certs::{CertOptions, SimCredentials};
+
+use crate::apns::Environment;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// What to start and how to behave.
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    pub http2: Option<SocketAddr>,
+    pub out_dir: PathBuf,
+    /// Known tokens; without it every well-formed token is accepted in both environments.
+    pub tokens: Option<PathBuf>,
+    /// Keep no per-request record, only counters: the benchmarks' accept-all mode.
+    pub fast: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.
+    pub max_streams: u32,
+    pub certs: CertOptions,
+}
+
+/// What the simulator knows of one token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenInfo {
+    /// `None`: valid in both environments.
+    pub environment: Option<Environment>,
+    /// Set when the app was removed: answered with 410 and this timestamp (ms).
+    pub unregistered_at: Option<i64>,
+}
+
+/// One accepted notification, as the device would see it plus the headers that carried it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub token: String,
+    pub environment: Environment,
+    pub topic: Option<String>,
+    pub push_type: Option<String>,
+    pub priority: Option<String>,
+    pub expiration: Option<String>,
+    pub collapse_id: Option<String>,
+    pub apns_id: String,
+    /// `token` or `certificate`.
+    pub auth: &'static str,
+    pub payload: serde_json::Value,
+    pub at_ms: i64,
+}
+
+/// Shared state of a running simulator.
+#[derive(Default)]
+pub struct SimState {
+    tokens: RwLock<HashMap<String, TokenInfo>>,
+    /// With a token list, unknown tokens are BadDeviceToken.
+    strict: std::sync::atomic::AtomicBool,
+    received: Mutex<Vec<Received>>,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    reasons: Mutex<HashMap<String, u64>>,
+    fast: bool,
+}
+
+impl SimState {
+    pub fn new(fast: bool) -> SimState {
+        SimState { fast, ..Default::default() }
+    }
+
+    /// Loads a token list: one token a line, then optionally `sandbox`/`production` and
+    /// `unregistered` or `unregistered=<unix ms>`; `#` starts a comment.
+    pub fn load_tokens(&self, path: &Path) -> Result<usize, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for (lineno, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let token = crate::apns::normalize_token(words.next().unwrap_or(""))
+                .map_err(|e| format!("{}:{}: {e}", path.display(), lineno + 1))?;
+            let mut info = TokenInfo::default();
+            for w in words {
+                match w {
+                    "sandbox" => info.environment = Some(Environment::Sandbox),
+                    "production" => info.environment = Some(Environment::Production),
+                    "unregistered" => info.unregistered_at = Some(crate::now_ms()),
+                    w if w.starts_with("unregistered=") => {
+                        let ms = w["unregistered=".len()..]
+                            .parse()
+                            .map_err(|_| format!("{}:{}: bad timestamp in '{w}'", path.display(), lineno + 1))?;
+                        info.unregistered_at = Some(ms);
+                    }
+                    w => return Err(format!("{}:{}: unknown word '{w}'", path.display(), lineno + 1)),
+                }
+            }
+            self.tokens.write().expect("tokens lock").insert(token, info);
+            n += 1;
+        }
+        self.strict.store(true, Ordering::Release);
+        Ok(n)
+    }
+
+    /// Registers a token (tests); switches the simulator to strict mode.
+    pub fn register(&self, token: &str, info: TokenInfo) {
+        self.tokens.write().expect("tokens lock").insert(token.to_string(), info);
+        self.strict.store(true, Ordering::Release);
+    }
+
+    /// Marks a token as removed from its device at `at_ms`.
+    pub fn unregister(&self, token: &str, at_ms: i64) {
+        let mut t = self.tokens.write().expect("tokens lock");
+        t.entry(token.to_string()).or_default().unregistered_at = Some(at_ms);
+    }
+
+    /// Apple's verdict on a token for an environment: `Ok` or `(status, reason, timestamp)`.
+    pub fn judge_token(&self, token: &str, env: Environment) -> Result<(), (u16, &'static str, Option<i64>)> {
+        let tokens = self.tokens.read().expect("tokens lock");
+        match tokens.get(token) {
+            Some(info) => {
+                if info.environment.is_some_and(|e| e != env) {
+                    return Err((400, "BadDeviceToken", None));
+                }
+                if let Some(at) = info.unregistered_at {
+                    return Err((410, "Unregistered", Some(at)));
+                }
+                Ok(())
+            }
+            None if self.strict.load(Ordering::Acquire) => Err((400, "BadDeviceToken", None)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn record_accept(&self, r: impl FnOnce() -> Received) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if !self.fast {
+            self.received.lock().expect("received lock").push(r());
+        }
+    }
+
+    pub(crate) fn record_reject(&self, reason: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        *self.reasons.lock().expect("reasons lock").entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Everything accepted so far (empty in fast mode).
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("received lock").clone()
+    }
+
+    /// How many notifications each token received.
+    pub fn counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for r in self.received.lock().expect("received lock").iter() {
+            *m.entry(r.token.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Counters as JSON, as served on `GET /sim/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "reasons": *self.reasons.lock().expect("reasons lock"),
+        })
+    }
+}
+
+/// A running simulator.
+pub struct Sim {
+    pub http2_addr: Option<SocketAddr>,
+    pub state: Arc<SimState>,
+    pub credentials: SimCredentials,
+    pub cancel: CancellationToken,
+}
+
+impl Sim {
+    /// Writes (or reuses) the credentials and starts the listeners on the current runtime.
+    pub async fn start(opts: SimOptions) -> Result<Sim, String> {
+        let credentials = SimCredentials::ensure(&opts.out_dir, &opts.certs)?;
+        let state = Arc::new(SimState::new(opts.fast));
+        if let Some(t) = &opts.tokens {
+            state.load_tokens(t)?;
+        }
+        let cancel = CancellationToken::new();
+        let mut http2_addr = None;
+        if let Some(addr) = opts.http2 {
+            let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1))?;
+            http2_addr = Some(server.listen(addr, cancel.clone()).await?);
+        }
+        let info = serde_json::json!({
+            "http2": http2_addr.map(|a| a.to_string()),
+            "credentials": credentials,
+        });
+        let _ = std::fs::write(opts.out_dir.join("sim.json"), serde_json::to_string_pretty(&info).unwrap_or_default());
+        Ok(Sim { http2_addr, state, credentials, cancel })
+    }
+
+    /// A config file for dingdong pointing at this simulator, for the demo and tests.
+    pub fn endpoint(&self) -> Option<String> {
+        self.http2_addr.map(|a| format!("https://{a}"))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,418 @@
+//! The command line: clap definitions and the glue from each command to the library.
+//! Errors come back as [`CliError`] with the exit code CONTRACT.md fixes (2: bad input or
+//! could not run; 1: ran and failed).
+
+use crate::apns::Environment;
+use crate::config::{Config, DEFAULT_PATH};
+use crate::store::import::ImportFormat;
+use crate::store::{Store, Upsert};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "dingdong", version, about = "Doorbell presses to every phone of a household, through APNs")]
+pub struct Cli {
+    /// The config file (also DINGDONG_CONFIG).
+    #[arg(long, global = true, env = "DINGDONG_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run,
+    /// A tour on one machine: embedded broker, temporary database, built-in simulator.
+    Demo,
+    /// People.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Doorbells, each with exactly one owner.
+    #[command(subcommand)]
+    Doorbell(DoorbellCmd),
+    /// Share a doorbell with a user.
+    Share { id: String, user: String },
+    /// Stop sharing a doorbell with a user.
+    Unshare { id: String, user: String },
+    /// Phones (push tokens).
+    #[command(subcommand)]
+    Phone(PhoneCmd),
+    /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
+    Ring { id: String },
+    /// The built-in APNs simulator.
+    ApnsSim(SimArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    Add {
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DoorbellCmd {
+    Add {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        owner: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        id: String,
+    },
+    /// Bind a radio button to a doorbell.
+    Bind {
+        id: String,
+        /// native, rtl_433, tasmota or zigbee2mqtt
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PhoneCmd {
+    Add {
+        user: String,
+        token: String,
+        /// The token is from a development build (APNs sandbox).
+        #[arg(long)]
+        sandbox: bool,
+        /// The app's bundle id, when it differs from apns.topic.
+        #[arg(long, value_name = "BUNDLE_ID")]
+        topic: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// `phone import USER FILE` (one token a line) or `phone import --csv FILE` (user,token).
+    Import {
+        user: Option<String>,
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["user", "file"])]
+        csv: Option<PathBuf>,
+        #[arg(long)]
+        sandbox: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Show whole tokens instead of their first 8 hex characters.
+        #[arg(long)]
+        full: bool,
+    },
+    Rm {
+        token: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Address of the HTTP/2 provider API.
+    #[arg(long, value_name = "ADDR")]
+    pub http2: Option<std::net::SocketAddr>,
+    /// Where the CA, certificates and AuthKey are written.
+    #[arg(long, value_name = "DIR", default_value = "apns-sim")]
+    pub out: PathBuf,
+    /// Known tokens (`TOKEN [sandbox|production] [unregistered[=MS]]` a line).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Count only, record nothing: the benchmarks' accept-all mode.
+    #[arg(long)]
+    pub fast: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS to announce.
+    #[arg(long, default_value_t = 1000)]
+    pub max_streams: u32,
+    /// The bundle id named in the generated client certificate.
+    #[arg(long, default_value = "com.example.doorbell")]
+    pub topic: String,
+}
+
+/// A command's failure, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn input(m: impl std::fmt::Display) -> CliError {
+        CliError { code: 2, message: m.to_string() }
+    }
+    pub fn failed(m: impl std::fmt::Display) -> CliError {
+        CliError { code: 1, message: m.to_string() }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::input(e)
+    }
+}
+
+impl From<crate::config::ConfigError> for CliError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        CliError::input(e)
+    }
+}
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+}
+
+fn load(path: &Path) -> Result<Config, CliError> {
+    Ok(Config::load(path)?)
+}
+
+fn open_store(cfg: &Config) -> Result<Store, CliError> {
+    Ok(Store::open(&cfg.gateway.database)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Runs a store-only command synchronously.
+pub fn admin(cli: &Cli) -> Result<(), CliError> {
+    let cfg = load(&cli.config_path())?;
+    let mut store = open_store(&cfg)?;
+    match &cli.command {
+        Command::User(UserCmd::Add { name }) => {
+            store.add_user(name)?;
+            println!("user {name} added");
+        }
+        Command::User(UserCmd::List { json }) => {
+            let users = store.list_users()?;
+            if *json {
+                print_json(&users);
+            } else {
+                println!("{:<24} {:>6} {:>9}", "USER", "PHONES", "DOORBELLS");
+                for u in users {
+                    println!("{:<24} {:>6} {:>9}", u.name, u.phones, u.doorbells);
+                }
+            }
+        }
+        Command::User(UserCmd::Rm { name }) => {
+            store.remove_user(name)?;
+            println!("user {name} removed");
+        }
+        Command::Doorbell(DoorbellCmd::Add { id, name, owner }) => {
+            store.add_doorbell(id, name.as_deref(), owner)?;
+            println!("doorbell {id} added, owned by {owner}");
+        }
+        Command::Doorbell(DoorbellCmd::List { json }) => {
+            let bells = store.list_doorbells()?;
+            if *json {
+                print_json(&bells);
+            } else {
+                println!("{:<16} {:<24} {:<16} {:<24} BINDINGS", "ID", "NAME", "OWNER", "SHARED WITH");
+                for d in bells {
+                    println!(
+                        "{:<16} {:<24} {:<16} {:<24} {}",
+                        d.id,
+                        d.name,
+                        d.owner,
+                        d.shared_with.join(","),
+                        d.bindings.join(",")
+                    );
+                }
+            }
+        }
+        Command::Doorbell(DoorbellCmd::Rm { id }) => {
+            store.remove_doorbell(id)?;
+            println!("doorbell {id} removed");
+        }
+        Command::Doorbell(DoorbellCmd::Bind { id, source, key }) => {
+            store.bind(id, source, key)?;
+            println!("{source} button {key} now rings doorbell {id}");
+        }
+        Command::Share { id, user } => {
+            store.share(id, user)?;
+            println!("doorbell {id} shared with {user}");
+        }
+        Command::Unshare { id, user } => {
+            store.unshare(id, user)?;
+            println!("doorbell {id} no longer shared with {user}");
+        }
+        Command::Phone(cmd) => phone(&mut store, cmd)?,
+        _ => unreachable!("not an admin command"),
+    }
+    Ok(())
+}
+
+fn phone(store: &mut Store, cmd: &PhoneCmd) -> Result<(), CliError> {
+    let env = |sandbox: bool| if sandbox { Environment::Sandbox } else { Environment::Production };
+    match cmd {
+        PhoneCmd::Add { user, token, sandbox, topic, name } => {
+            let r = store.add_phone(user, token, env(*sandbox), topic.as_deref(), name.as_deref())?;
+            let short = crate::apns::normalize_token(token).map(|t| t[..8].to_string()).unwrap_or_default();
+            match r {
+                Upsert::Added(id) => println!("phone {id} ({short}…) added for {user}"),
+                Upsert::Updated(id) => println!("phone {id} ({short}…) re-registered for {user}"),
+            }
+        }
+        PhoneCmd::Import { user, file, csv, sandbox } => {
+            let (format, path) = match (user, file, csv) {
+                (Some(u), Some(f), None) => (ImportFormat::Tokens { user: u }, f),
+                (None, None, Some(c)) => (ImportFormat::Csv, c),
+                _ => return Err(CliError::input("phone import takes USER FILE, or --csv FILE")),
+            };
+            let f = std::fs::File::open(path)
+                .map_err(|e| CliError::input(format!("cannot read {}: {e}", path.display())))?;
+            let t0 = std::time::Instant::now();
+            let r = store.import_phones(format, std::io::BufReader::new(f), env(*sandbox))?;
+            for (line, why) in r.rejected.iter().take(20) {
+                println!("line {line}: rejected: {why}");
+            }
+            if r.rejected.len() > 20 {
+                println!("... and {} more rejected lines", r.rejected.len() - 20);
+            }
+            println!(
+                "imported {}: {} added, {} updated, {} rejected, {} users created in {:.2}s",
+                path.display(),
+                r.added,
+                r.updated,
+                r.rejected.len(),
+                r.users_created,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        PhoneCmd::List { json, full } => {
+            let mut phones = store.list_phones()?;
+            if !full {
+                for p in &mut phones {
+                    p.token = crate::util::short_token(&p.token).to_string();
+                }
+            }
+            if *json {
+                print_json(&phones);
+            } else {
+                println!("{:>6} {:<16} {:<10} {:<11} {:<20} LAST OUTCOME", "ID", "USER", "TOKEN", "ENV", "NAME");
+                for p in phones {
+                    println!(
+                        "{:>6} {:<16} {:<10} {:<11} {:<20} {}",
+                        p.id,
+                        p.user,
+                        p.token,
+                        p.environment,
+                        p.name.unwrap_or_default(),
+                        p.last_outcome.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        PhoneCmd::Rm { token } => {
+            let n = store.remove_phone(token)?;
+            println!("{n} phone registration(s) removed");
+        }
+    }
+    Ok(())
+}
+
+/// `dingdong ring ID`: one QoS 1 press on the broker, waited for until the broker has it.
+pub async fn ring(cli: &Cli, id: &str) -> Result<(), CliError> {
+    let cfg = load(&cli.config_path())?;
+    crate::util::check_id("doorbell", id).map_err(CliError::input)?;
+    if cfg.gateway.database.exists() {
+        let store = open_store(&cfg)?;
+        if store.resolve_button("native", id)?.is_none() {
+            return Err(CliError::input(format!("no doorbell '{id}' (and no native binding for it)")));
+        }
+    }
+    let url = if cfg.mqtt.url == "embedded" { "mqtt://127.0.0.1:1883".to_string() } else { cfg.mqtt.url.clone() };
+    let mut c2 = cfg.clone();
+    c2.mqtt.url = url;
+    c2.mqtt.client_id = format!("dingdong-ring-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut settings = crate::mqtt::MqttSettings::from_config(&c2, vec![]).map_err(CliError::input)?;
+    settings.persistent = false;
+    let at = crate::now_ms();
+    let topic = format!("{}/button/{id}/press", cfg.mqtt.topic_prefix);
+    crate::mqtt::client::publish_once(settings, topic, serde_json::json!({ "at": at }).to_string().into_bytes())
+        .await
+        .map_err(CliError::failed)?;
+    println!("pressed {id}: ring {}", crate::ring::ring_id(id, Some(at)));
+    Ok(())
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Run => {
+            let cfg = load(&cli.config_path())?;
+            cfg.check_files()?;
+            let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
+            rt.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                tokio::spawn(stop_on_signal(stop.clone()));
+                crate::daemon::run(cfg, stop, None).await
+            })
+            .map_err(|e| match e {
+                crate::daemon::DaemonError::Config(e) => CliError::input(e),
+                e => CliError::failed(e),
+            })
+        }
+        Command::Demo => {
+            let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
+            rt.block_on(crate::demo::run()).map_err(CliError::failed)
+        }
+        Command::Ring { id } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
+            rt.block_on(ring(&cli, id))
+        }
+        Command::ApnsSim(args) => {
+            let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
+            rt.block_on(apns_sim(args))
+        }
+        _ => admin(&cli),
+    }
+}
+
+/// Cancels `stop` at SIGTERM or SIGINT.
+pub async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    stop.cancel();
+}
+
+async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
+    if args.http2.is_none() {
+        return Err(CliError::input("apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443"));
+    }
+    let opts = crate::apns::sim::SimOptions {
+        http2: args.http2,
+        out_dir: args.out.clone(),
+        tokens: args.tokens.clone(),
+        fast: args.fast,
+        max_streams: args.max_streams,
+        certs: crate::apns::sim::CertOptions { topic: args.topic.clone(), expired_client_cert: false },
+    };
+    let sim = crate::apns::sim::Sim::start(opts).await.map_err(CliError::input)?;
+    // One JSON line on stdout, for scripts and tests: where it listens and what it wrote.
+    println!("{}", serde_json::json!({"http2": sim.http2_addr.map(|a| a.to_string()), "credentials": sim.credentials}));
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop_on_signal(stop.clone()).await;
+    tracing::info!(stats = %sim.state.stats(), "apns-sim stopping");
+    Ok(())
+}

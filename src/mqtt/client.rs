@@ -1,0 +1,281 @@
+//! The rumqttc event loop: connect, persistent session, resubscribe on every ConnAck, back
+//! off between reconnects, retained status with a last will, and publishing outcomes.
+//!
+//! The task that polls the event loop never awaits the client (rumqtt #263/#1025): it only
+//! uses the non-blocking `try_*` calls, and forwards messages on a bounded channel. Acks are
+//! manual: the ringer acks a QoS 1 press only after the ring is safely in the database, so
+//! a crash before that gets the press redelivered.
+
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
+};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// First and longest wait between reconnect attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a clean disconnect may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt.url '{0}' is not mqtt://HOST:PORT or mqtts://HOST:PORT")]
+    Url(String),
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::apns::tls::TlsError),
+    #[error("the MQTT client has stopped")]
+    Closed,
+}
+
+/// A message from a subscribed topic.
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    /// Kept for the manual ack.
+    pub publish: Publish,
+}
+
+/// Publishing side, shared by every task that reports something.
+#[derive(Clone)]
+pub struct MqttHandle {
+    client: AsyncClient,
+    prefix: String,
+    gateway: String,
+}
+
+/// What `connect` needs, taken from `[mqtt]`.
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub client_id: String,
+    pub prefix: String,
+    pub gateway: String,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    /// Topic filters subscribed at QoS 1 after every ConnAck.
+    pub subscriptions: Vec<String>,
+    /// Keep the broker-side session (clean session off), so QoS 1 presses wait for us.
+    pub persistent: bool,
+    /// Publish the retained `P/status` and leave a last will: the daemon does, tools do not.
+    pub announce: bool,
+}
+
+impl MqttSettings {
+    pub fn from_config(cfg: &crate::config::Config, subscriptions: Vec<String>) -> Result<MqttSettings, MqttError> {
+        let m = &cfg.mqtt;
+        let (tls, host, port) = crate::config::parse_mqtt_url(&m.url).ok_or_else(|| MqttError::Url(m.url.clone()))?;
+        let tls = if tls { Some(crate::apns::tls::client_config(m.ca_file.as_deref(), None, &[])?) } else { None };
+        let credentials = match (&m.username, &m.password_file) {
+            (Some(u), Some(p)) => {
+                let pw = std::fs::read_to_string(p)
+                    .map_err(|e| MqttError::File { path: p.display().to_string(), reason: e.to_string() })?;
+                Some((u.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (Some(u), None) => Some((u.clone(), String::new())),
+            _ => None,
+        };
+        Ok(MqttSettings {
+            host,
+            port,
+            tls,
+            client_id: m.client_id.clone(),
+            prefix: m.topic_prefix.clone(),
+            gateway: cfg.gateway.id.clone(),
+            credentials,
+            keep_alive: m.keep_alive.0,
+            subscriptions,
+            persistent: true,
+            announce: true,
+        })
+    }
+
+    fn options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
+        o.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        o.set_clean_session(!self.persistent);
+        o.set_manual_acks(true);
+        o.set_max_packet_size(64 * 1024, 256 * 1024);
+        if self.announce {
+            o.set_last_will(LastWill::new(
+                format!("{}/status", self.prefix),
+                serde_json::json!({"state": "offline", "gateway": self.gateway}).to_string(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        if let Some((u, p)) = &self.credentials {
+            o.set_credentials(u, p);
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        o
+    }
+}
+
+/// Starts the event loop task. Messages arrive on the returned receiver; `connected` turns
+/// true at every ConnAck and false at every connection error.
+pub fn start(
+    settings: MqttSettings,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> (MqttHandle, mpsc::Receiver<Incoming>, watch::Receiver<bool>) {
+    let (client, eventloop) = AsyncClient::new(settings.options(), 256);
+    let (tx, rx) = mpsc::channel(256);
+    let (conn_tx, conn_rx) = watch::channel(false);
+    let handle =
+        MqttHandle { client: client.clone(), prefix: settings.prefix.clone(), gateway: settings.gateway.clone() };
+    let driver = Driver { client, eventloop, settings, tx, connected: conn_tx, stop };
+    tracker.spawn(driver.run());
+    (handle, rx, conn_rx)
+}
+
+struct Driver {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    settings: MqttSettings,
+    tx: mpsc::Sender<Incoming>,
+    connected: watch::Sender<bool>,
+    stop: CancellationToken,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let ev = tokio::select! {
+                // cancel-safe: poll() keeps its state in the EventLoop; dropping the future loses nothing
+                ev = self.eventloop.poll() => ev,
+                _ = self.stop.cancelled() => break,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_MIN;
+                    self.on_connack(ack.session_present);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let msg = Incoming { topic: p.topic.clone(), payload: p.payload.clone(), publish: p };
+                    // Backpressure only: the consumer acks, the client is never awaited here.
+                    if self.tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    debug!("MQTT disconnect sent");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.connected.send_replace(false);
+                    self.on_error(&e, backoff);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.connected.send_replace(false);
+    }
+
+    fn on_connack(&self, session_present: bool) {
+        info!(broker = %format!("{}:{}", self.settings.host, self.settings.port), session_present, "MQTT connected");
+        let subs =
+            self.settings.subscriptions.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(subs) {
+            warn!(error = %e, "cannot queue the subscriptions");
+        }
+        if !self.settings.announce {
+            self.connected.send_replace(true);
+            return;
+        }
+        let online = serde_json::json!({"state": "online", "gateway": self.settings.gateway, "version": env!("CARGO_PKG_VERSION"), "since": crate::now_ms()});
+        if let Err(e) = self.client.try_publish(
+            format!("{}/status", self.settings.prefix),
+            QoS::AtLeastOnce,
+            true,
+            online.to_string(),
+        ) {
+            warn!(error = %e, "cannot queue the online status");
+        }
+        self.connected.send_replace(true);
+    }
+
+    fn on_error(&self, e: &ConnectionError, backoff: Duration) {
+        match e {
+            ConnectionError::Io(_) | ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost")
+            }
+            _ => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT error"),
+        }
+    }
+}
+
+impl MqttHandle {
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Acknowledges a QoS 1 message once its effect is durable.
+    pub async fn ack(&self, publish: &Publish) {
+        if let Err(e) = self.client.ack(publish).await {
+            debug!(error = %e, "MQTT ack not queued");
+        }
+    }
+
+    /// Publishes `payload` on `P/<suffix>`.
+    pub async fn publish(&self, suffix: &str, payload: String, retain: bool) -> Result<(), MqttError> {
+        self.client
+            .publish(format!("{}/{}", self.prefix, suffix), QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|_| MqttError::Closed)
+    }
+
+    /// Publishes a raw topic (used by `dingdong ring` to act as a bridge).
+    pub async fn publish_raw(&self, topic: String, payload: Vec<u8>) -> Result<(), MqttError> {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| MqttError::Closed)
+    }
+
+    /// Publishes the offline status and disconnects cleanly (the last will covers crashes).
+    pub async fn shutdown(&self) {
+        let offline = serde_json::json!({"state": "offline", "gateway": self.gateway});
+        let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+            let _ = self.publish("status", offline.to_string(), true).await;
+            let _ = self.client.disconnect().await;
+        })
+        .await;
+    }
+}
+
+/// Connects, publishes one QoS 1 message, waits for the broker's PubAck and disconnects:
+/// what `dingdong ring` does. The event loop is polled here; the client is never awaited.
+pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    let broker = format!("{}:{}", settings.host, settings.port);
+    let (client, mut eventloop) = AsyncClient::new(settings.options(), 8);
+    client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string())?;
+    let done = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("broker {broker}: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .map_err(|_| format!("broker {broker} did not acknowledge the press within 10s"))?
+}

@@ -1,0 +1,84 @@
+//! Versioned migrations. `PRAGMA user_version` holds the number of migrations applied; each
+//! runs in its own transaction, so a crash mid-migration leaves the previous version intact.
+
+use rusqlite::Connection;
+
+/// Migration N (1-based) is `MIGRATIONS[N-1]`. Never edit one that has shipped: add another.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the household, the phones, the radio bindings, and rings with per-phone outcomes
+    // (which double as the outbox: a ring's phones are written before the first send).
+    r#"
+    CREATE TABLE users (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE doorbells (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        owner_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE RESTRICT,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE shares (
+        doorbell_id TEXT NOT NULL REFERENCES doorbells(id) ON DELETE CASCADE,
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (doorbell_id, user_id)
+    );
+    CREATE INDEX shares_user ON shares(user_id);
+    CREATE TABLE phones (
+        id              INTEGER PRIMARY KEY,
+        user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        token           TEXT NOT NULL,
+        environment     TEXT NOT NULL CHECK (environment IN ('sandbox', 'production')),
+        topic           TEXT,
+        name            TEXT,
+        registered_at   INTEGER NOT NULL,
+        last_outcome    TEXT,
+        last_outcome_at INTEGER,
+        UNIQUE (user_id, token)
+    );
+    CREATE INDEX phones_token ON phones(token);
+    CREATE TABLE bindings (
+        source      TEXT NOT NULL CHECK (source IN ('native', 'rtl_433', 'tasmota', 'zigbee2mqtt')),
+        key         TEXT NOT NULL,
+        doorbell_id TEXT NOT NULL REFERENCES doorbells(id) ON DELETE CASCADE,
+        PRIMARY KEY (source, key)
+    );
+    CREATE TABLE rings (
+        id            TEXT PRIMARY KEY,
+        doorbell_id   TEXT NOT NULL,
+        doorbell_name TEXT NOT NULL,
+        pressed_at    INTEGER NOT NULL,
+        received_at   INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        presses       INTEGER NOT NULL DEFAULT 1,
+        state         TEXT NOT NULL CHECK (state IN ('pending', 'done', 'expired')),
+        finished_at   INTEGER
+    );
+    CREATE INDEX rings_doorbell ON rings(doorbell_id, pressed_at);
+    CREATE INDEX rings_state ON rings(state);
+    CREATE TABLE ring_phones (
+        ring_id     TEXT NOT NULL REFERENCES rings(id) ON DELETE CASCADE,
+        token       TEXT NOT NULL,
+        phone_id    INTEGER NOT NULL,
+        environment TEXT NOT NULL,
+        topic       TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'pruned', 'expired')),
+        reason      TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (ring_id, token)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+    }
+    Ok(MIGRATIONS.len() as u32)
+}
