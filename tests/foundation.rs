@@ -20,7 +20,8 @@ async fn a_press_reaches_owner_and_shared_phones_and_prunes_stale_ones() {
     let sim = start_sim(d).await;
     let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
 
-    let (owner_phone, owner_pad, stale, friend, outsider, bad) = (token(1), token(2), token(3), token(4), token(5), token(6));
+    let (owner_phone, owner_pad, stale, friend, outsider, bad) =
+        (token(1), token(2), token(3), token(4), token(5), token(6));
     for u in ["alice", "bob", "carol"] {
         ok(&cfg, &["user", "add", u]);
     }
@@ -53,7 +54,8 @@ async fn a_press_reaches_owner_and_shared_phones_and_prunes_stale_ones() {
 
     // Exactly the right tokens, once each.
     let counts = sim.state.counts();
-    let expected: HashMap<String, usize> = [(owner_phone.clone(), 1), (owner_pad.clone(), 1), (friend.clone(), 1)].into();
+    let expected: HashMap<String, usize> =
+        [(owner_phone.clone(), 1), (owner_pad.clone(), 1), (friend.clone(), 1)].into();
     assert_eq!(counts, expected, "deliveries");
 
     // With the right headers and payload.
@@ -79,7 +81,8 @@ async fn a_press_reaches_owner_and_shared_phones_and_prunes_stale_ones() {
     assert_eq!((outcome["phones"].as_i64(), outcome["delivered"].as_i64()), (Some(5), Some(3)));
     assert_eq!((outcome["pruned"].as_i64(), outcome["failed"].as_i64()), (Some(2), Some(0)));
     let results = outcome["results"].as_array().unwrap();
-    let state_of = |t: &str| results.iter().find(|r| r["token"] == t[..8]).map(|r| r["state"].as_str().unwrap().to_string());
+    let state_of =
+        |t: &str| results.iter().find(|r| r["token"] == t[..8]).map(|r| r["state"].as_str().unwrap().to_string());
     assert_eq!(state_of(&stale).as_deref(), Some("pruned"));
     assert_eq!(state_of(&bad).as_deref(), Some("pruned"));
     assert_eq!(state_of(&outsider), None);

@@ -36,6 +36,20 @@ pub enum Http2Error {
     Endpoint(String),
 }
 
+/// What one probe request learnt.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub status: u16,
+    pub reason: Option<Reason>,
+    /// The server's `date` header, for clock skew.
+    pub date: Option<String>,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS as seen after the answer.
+    pub max_streams: usize,
+    /// TCP + TLS + HTTP/2 handshake time.
+    pub connected_ms: f64,
+    pub answered_ms: f64,
+}
+
 /// How the client proves who it is.
 pub enum Credentials {
     Token(Arc<JwtMinter>),
@@ -50,6 +64,8 @@ pub struct Http2Settings {
     pub max_streams: u32,
     pub max_connections: u32,
     pub request_timeout: Duration,
+    /// The app's bundle id (`apns.topic`), used by `probe`.
+    pub topic: String,
 }
 
 /// The client. Cheap to clone; connections are shared by every clone.
@@ -66,6 +82,8 @@ struct Inner {
     next_conn_id: AtomicU64,
     /// Set by a credentials 403: the transport stops instead of hammering Apple.
     stopped: Mutex<Option<Reason>>,
+    /// The `apns-topic` of probe requests.
+    probe_topic: Arc<str>,
 }
 
 /// One HTTP/2 connection.
@@ -104,10 +122,11 @@ impl Http2Client {
             inner: Arc::new(Inner {
                 connector: TlsConnector::from(tls),
                 minter,
-                settings,
                 pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
                 next_conn_id: AtomicU64::new(1),
                 stopped: Mutex::new(None),
+                probe_topic: settings.topic.as_str().into(),
+                settings,
             }),
         })
     }
@@ -131,6 +150,7 @@ impl Http2Client {
                 max_streams: apns.max_streams,
                 max_connections: apns.max_connections,
                 request_timeout: apns.request_timeout.0,
+                topic: apns.topic.clone(),
             },
         )
     }
@@ -314,6 +334,17 @@ impl Http2Client {
         token: &str,
         bearer: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
+        self.request_full(conn, authority, msg, token, bearer).await.map(|(s, _, b)| (s, b))
+    }
+
+    async fn request_full(
+        &self,
+        conn: &Conn,
+        authority: &HeaderValue,
+        msg: &Message,
+        token: &str,
+        bearer: Option<&str>,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
         let uri = http::Uri::builder()
             .scheme("https")
             .authority(authority.to_str().unwrap_or_default())
@@ -338,7 +369,7 @@ impl Http2Client {
             body.send_data(msg.payload.clone(), true).map_err(|e| e.to_string())?;
             let resp = resp.await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            let mut recv = resp.into_body();
+            let (parts, mut recv) = resp.into_parts();
             let mut data = Vec::new();
             while let Some(chunk) = recv.data().await {
                 let chunk = chunk.map_err(|e| e.to_string())?;
@@ -347,12 +378,42 @@ impl Http2Client {
                     data.extend_from_slice(&chunk);
                 }
             }
-            Ok::<_, String>((status, Bytes::from(data)))
+            Ok::<_, String>((status, parts.headers, Bytes::from(data)))
         };
         match tokio::time::timeout(self.inner.settings.request_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err("request timed out".into()),
         }
+    }
+
+    /// One request to `token` on a fresh connection, answered in full: what `diag` uses to
+    /// prove the credentials (a deliberately invalid token must come back BadDeviceToken)
+    /// and read the server's clock and settings.
+    pub async fn probe(&self, env: Environment, token: &str) -> Result<Probe, String> {
+        let t0 = std::time::Instant::now();
+        let conn = self.connect(env).await?;
+        let connected_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let bearer = self.inner.minter.as_ref().map(|m| m.bearer());
+        let msg = Message {
+            topic: self.inner.probe_topic.clone(),
+            payload: Bytes::from_static(br#"{"aps":{"alert":"dingdong diag"}}"#),
+            expiration: 0,
+            collapse_id: "dingdong-diag".into(),
+            priority: 10,
+        };
+        let authority = HeaderValue::from_static(env.host());
+        let (status, headers, body) = self.request_full(&conn, &authority, &msg, token, bearer.as_deref()).await?;
+        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["reason"].as_str().map(Reason::parse));
+        Ok(Probe {
+            status,
+            reason,
+            date: headers.get("date").and_then(|v| v.to_str().ok()).map(str::to_string),
+            max_streams: conn.server_limit.load(Ordering::Relaxed),
+            connected_ms,
+            answered_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
     }
 
     /// Up to `wanted` live connections for `env`, opening what is missing.
