@@ -568,6 +568,12 @@ debounce = "3s"
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../config.example.toml"), Path::new("/etc/dingdong/config.toml")).unwrap();
+        assert_eq!(c.ring.debounce.0, Duration::from_secs(3));
+    }
+
+    #[test]
     fn urls() {
         assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884"), Some((false, "127.0.0.1".into(), 1884)));
         assert_eq!(parse_mqtt_url("mqtts://broker"), Some((true, "broker".into(), 8883)));
