@@ -140,6 +140,18 @@ pub struct SimArgs {
     /// The bundle id named in the generated client certificate.
     #[arg(long, default_value = "com.example.doorbell")]
     pub topic: String,
+    /// Share (0 to 1) of notifications answered 500 or 503.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_rate: f64,
+    /// Send GOAWAY on a connection after every N requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub goaway_after: u64,
+    /// Delay every answer by L milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "L")]
+    pub latency_ms: u64,
+    /// Close a connection abruptly (no GOAWAY) after N requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub drop_after: u64,
 }
 
 /// A command's failure, with its exit code.
@@ -407,7 +419,16 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         fast: args.fast,
         max_streams: args.max_streams,
         certs: crate::apns::sim::CertOptions { topic: args.topic.clone(), expired_client_cert: false },
+        faults: crate::apns::sim::Faults {
+            fail_rate: args.fail_rate,
+            goaway_after: args.goaway_after,
+            latency: std::time::Duration::from_millis(args.latency_ms),
+            drop_after: args.drop_after,
+        },
     };
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        return Err(CliError::input("--fail-rate must be between 0 and 1"));
+    }
     let sim = crate::apns::sim::Sim::start(opts).await.map_err(CliError::input)?;
     // One JSON line on stdout, for scripts and tests: where it listens and what it wrote.
     println!("{}", serde_json::json!({"http2": sim.http2_addr.map(|a| a.to_string()), "credentials": sim.credentials}));

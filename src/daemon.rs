@@ -137,6 +137,7 @@ async fn resume(
             let id = job.ring_id.clone();
             let summary = store.run(move |s| s.expire_ring(&id)).await?;
             warn!(ring = %job.ring_id, phones = summary.expired, "unfinished ring expired while we were down: not sent");
+            outbox.report_expired(&job.ring_id).await;
             continue;
         }
         info!(ring = %job.ring_id, phones = job.phones.len(), "resuming unfinished ring");
@@ -216,9 +217,13 @@ impl Intake {
             Ok(result) => {
                 // The ring is in the database: only now may the broker forget the press.
                 self.mqtt.ack(&m.publish).await;
-                if let PressResult::Ring(job) = result {
-                    let (outbox, stop) = (self.outbox.clone(), self.stop.clone());
-                    self.deliveries.spawn(async move { outbox.deliver(job, stop).await });
+                match result {
+                    PressResult::Ring(job) => {
+                        let (outbox, stop) = (self.outbox.clone(), self.stop.clone());
+                        self.deliveries.spawn(async move { outbox.deliver(job, stop).await });
+                    }
+                    PressResult::Expired(ring_id) => self.outbox.report_expired(&ring_id).await,
+                    _ => {}
                 }
             }
             // Not acked: the broker redelivers the press after we reconnect.

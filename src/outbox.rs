@@ -33,9 +33,17 @@ pub enum Transport {
 }
 
 impl Transport {
-    async fn send(&self, msg: Arc<Message>, targets: Arc<[Target]>, out: mpsc::UnboundedSender<(usize, Outcome)>) {
+    /// Sends to every target; after `stop`, nothing new is started and what was not started
+    /// comes back as a retry (the outbox then leaves it pending for the next start).
+    async fn send(
+        &self,
+        msg: Arc<Message>,
+        targets: Arc<[Target]>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) {
         match self {
-            Transport::Http2(c) => c.send(msg, targets, out).await,
+            Transport::Http2(c) => c.send(msg, targets, out, stop).await,
         }
     }
 }
@@ -165,6 +173,15 @@ impl Outbox {
         Some(report)
     }
 
+    /// Publishes the outcome of a ring that expired before it could be sent.
+    pub async fn report_expired(&self, ring_id: &str) {
+        let ring = ring_id.to_string();
+        match self.store.run(move |s| s.ring_summary(&ring)).await {
+            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }).await,
+            Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
+        }
+    }
+
     /// Publishes a ring's outcome on `P/ring/<id>`.
     pub async fn publish(&self, report: &RingReport) {
         if let Some(mqtt) = &self.mqtt {
@@ -191,7 +208,7 @@ impl Outbox {
             }
             let targets: Arc<[Target]> = pending.into();
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let send = self.transport.send(msg.clone(), targets.clone(), tx);
+            let send = self.transport.send(msg.clone(), targets.clone(), tx, stop);
             let record = async {
                 let mut retry = Vec::new();
                 let mut hint = None;

@@ -15,12 +15,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::client::SendRequest;
 use http::{HeaderValue, Method, Request};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 /// How long establishing TCP + TLS + HTTP/2 may take.
@@ -34,6 +35,41 @@ pub enum Http2Error {
     Tls(#[from] super::tls::TlsError),
     #[error("apns.endpoint '{0}' is not https://HOST:PORT")]
     Endpoint(String),
+}
+
+/// A consecutive run of this many fresh connections without a single answer ends a lane.
+const MAX_REPLACEMENTS: u32 = 5;
+/// A pooled connection idle for longer than this is PINGed before it is used again.
+const IDLE_CHECK_MS: i64 = 30_000;
+/// How long a PING may take before the connection is declared dead.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How one request ended, as far as the lane is concerned.
+enum Sent {
+    /// The server answered, or it may have processed the request: an outcome.
+    Answered(Outcome),
+    /// The server never processed it (refused before or by GOAWAY): resend at once.
+    Refused,
+}
+
+enum ReqError {
+    Refused,
+    Failed(String),
+}
+
+impl ReqError {
+    fn failed(e: impl std::fmt::Display) -> ReqError {
+        ReqError::Failed(e.to_string())
+    }
+
+    /// Streams above a GOAWAY's last stream id and REFUSED_STREAM were not processed.
+    fn h2(e: h2::Error) -> ReqError {
+        if (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            ReqError::Refused
+        } else {
+            ReqError::Failed(e.to_string())
+        }
+    }
 }
 
 /// What one probe request learnt.
@@ -96,6 +132,9 @@ struct Conn {
     server_limit: Arc<AtomicUsize>,
     /// A first answer came back: with token auth, only now may more than one stream open.
     confirmed: AtomicBool,
+    /// When the last answer arrived (ms): an idle connection is PINGed before reuse.
+    last_used: AtomicI64,
+    ping: tokio::sync::Mutex<Option<h2::PingPong>>,
 }
 
 impl Conn {
@@ -162,7 +201,13 @@ impl Http2Client {
 
     /// Sends `msg` to every target concurrently; each target's outcome is sent on `out` as
     /// `(index into targets, outcome)` as soon as it is known.
-    pub async fn send(&self, msg: Arc<Message>, targets: Arc<[Target]>, out: mpsc::UnboundedSender<(usize, Outcome)>) {
+    pub async fn send(
+        &self,
+        msg: Arc<Message>,
+        targets: Arc<[Target]>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) {
         if let Some(reason) = self.stopped() {
             for i in 0..targets.len() {
                 let _ = out.send((i, Outcome::Failed { reason: reason.clone(), status: 403 }));
@@ -176,8 +221,8 @@ impl Http2Client {
         let envs = [Environment::Sandbox, Environment::Production];
         let jobs = envs.into_iter().zip(by_env).filter(|(_, idx)| !idx.is_empty()).map(|(env, idx)| {
             let me = self.clone();
-            let (msg, targets, out) = (msg.clone(), targets.clone(), out.clone());
-            async move { me.send_env(env, msg, targets, Arc::new(idx), out).await }
+            let (msg, targets, out, stop) = (msg.clone(), targets.clone(), out.clone(), stop.clone());
+            async move { me.send_env(env, msg, targets, Arc::new(idx), out, stop).await }
         });
         futures_util::future::join_all(jobs).await;
     }
@@ -189,6 +234,7 @@ impl Http2Client {
         targets: Arc<[Target]>,
         idx: Arc<Vec<usize>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: CancellationToken,
     ) {
         let per_conn = self.inner.settings.max_streams.max(1) as usize;
         let wanted = idx.len().div_ceil(per_conn).clamp(1, self.inner.settings.max_connections as usize);
@@ -205,9 +251,11 @@ impl Http2Client {
         let cursor = Arc::new(AtomicUsize::new(0));
         let lanes = conns.into_iter().map(|conn| {
             let me = self.clone();
-            let (msg, targets, idx, out, cursor) =
-                (msg.clone(), targets.clone(), idx.clone(), out.clone(), cursor.clone());
-            tokio::spawn(async move { me.lane(conn, env, msg, targets, idx, cursor, out).await }.in_current_span())
+            let (msg, targets, idx, out, cursor, stop) =
+                (msg.clone(), targets.clone(), idx.clone(), out.clone(), cursor.clone(), stop.clone());
+            tokio::spawn(
+                async move { me.lane(conn, env, msg, targets, idx, cursor, out, stop).await }.in_current_span(),
+            )
         });
         for lane in futures_util::future::join_all(lanes).await {
             if let Err(e) = lane {
@@ -224,40 +272,79 @@ impl Http2Client {
     }
 
     /// One connection's share of a batch: keeps its window of streams full until the shared
-    /// cursor runs out.
+    /// cursor runs out. Requests the server refused unprocessed (above a GOAWAY's last stream
+    /// id) are resent at once on a fresh connection; anything else goes back as an outcome.
     #[allow(clippy::too_many_arguments)]
     async fn lane(
         &self,
-        conn: Arc<Conn>,
+        mut conn: Arc<Conn>,
         env: Environment,
         msg: Arc<Message>,
         targets: Arc<[Target]>,
         idx: Arc<Vec<usize>>,
         cursor: Arc<AtomicUsize>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: CancellationToken,
     ) {
         let authority = HeaderValue::from_static(env.host());
         let mut inflight = FuturesUnordered::new();
+        let mut redo: Vec<usize> = Vec::new();
+        let mut replaced_without_answer = 0u32;
         loop {
+            if !conn.alive() && inflight.is_empty() {
+                if stop.is_cancelled() || (redo.is_empty() && cursor.load(Ordering::Acquire) >= idx.len()) {
+                    break;
+                }
+                let fresh = if replaced_without_answer < MAX_REPLACEMENTS {
+                    self.connect_pooled(env).await
+                } else {
+                    Err("the server keeps closing connections".into())
+                };
+                match fresh {
+                    Ok(c) => {
+                        debug!(old = conn.id, new = c.id, "lane moved to a fresh connection");
+                        conn = c;
+                        replaced_without_answer += 1;
+                    }
+                    Err(why) => {
+                        for i in redo.drain(..) {
+                            let _ =
+                                out.send((i, Outcome::Retry { reason: Reason::Connection(why.clone()), after: None }));
+                        }
+                        break; // unclaimed work is taken by other lanes or returned by send_env
+                    }
+                }
+            }
             let window = if conn.confirmed.load(Ordering::Acquire) || self.inner.minter.is_none() {
                 self.window(&conn)
             } else {
                 1
             };
-            while inflight.len() < window && conn.alive() {
-                let n = cursor.fetch_add(1, Ordering::AcqRel);
-                let Some(&i) = idx.get(n) else {
-                    cursor.fetch_sub(1, Ordering::AcqRel);
-                    break;
+            while inflight.len() < window && conn.alive() && !stop.is_cancelled() {
+                let i = match redo.pop() {
+                    Some(i) => i,
+                    None => {
+                        let n = cursor.fetch_add(1, Ordering::AcqRel);
+                        let Some(&i) = idx.get(n) else {
+                            cursor.fetch_sub(1, Ordering::AcqRel);
+                            break;
+                        };
+                        i
+                    }
                 };
-                let target = &targets[i];
-                inflight.push(self.send_one(&conn, &authority, &msg, target.token.clone(), i));
+                inflight.push(self.send_one(conn.clone(), authority.clone(), msg.clone(), targets[i].token.clone(), i));
             }
             match inflight.next().await {
-                Some((i, outcome)) => {
+                Some((i, Sent::Answered(outcome))) => {
+                    replaced_without_answer = 0;
                     let _ = out.send((i, outcome));
                 }
-                None => break,
+                Some((i, Sent::Refused)) => {
+                    conn.closed.store(true, Ordering::Release);
+                    redo.push(i);
+                }
+                None if conn.alive() || stop.is_cancelled() => break,
+                None => {}
             }
         }
     }
@@ -268,26 +355,26 @@ impl Http2Client {
 
     async fn send_one(
         &self,
-        conn: &Conn,
-        authority: &HeaderValue,
-        msg: &Message,
+        conn: Arc<Conn>,
+        authority: HeaderValue,
+        msg: Arc<Message>,
         token: Arc<str>,
         i: usize,
-    ) -> (usize, Outcome) {
+    ) -> (usize, Sent) {
         let bearer = self.inner.minter.as_ref().map(|m| m.bearer());
-        let outcome = match self.request(conn, authority, msg, &token, bearer.as_deref()).await {
+        let sent = match self.request(&conn, &authority, &msg, &token, bearer.as_deref()).await {
             Ok((status, body)) => {
                 conn.confirmed.store(true, Ordering::Release);
-                self.judge(status, &body, bearer.as_deref(), &token)
+                conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
+                Sent::Answered(self.judge(status, &body, bearer.as_deref(), &token))
             }
-            Err(why) => {
-                if !conn.alive() {
-                    debug!(conn = conn.id, "request lost with its connection");
-                }
-                Outcome::Retry { reason: Reason::Connection(why), after: None }
+            Err(ReqError::Refused) => Sent::Refused,
+            Err(ReqError::Failed(why)) => {
+                debug!(conn = conn.id, error = %why, "request failed");
+                Sent::Answered(Outcome::Retry { reason: Reason::Connection(why), after: None })
             }
         };
-        (i, outcome)
+        (i, sent)
     }
 
     /// Reads Apple's answer into an outcome, with the side effects the answer asks for.
@@ -333,7 +420,7 @@ impl Http2Client {
         msg: &Message,
         token: &str,
         bearer: Option<&str>,
-    ) -> Result<(u16, Bytes), String> {
+    ) -> Result<(u16, Bytes), ReqError> {
         self.request_full(conn, authority, msg, token, bearer).await.map(|(s, _, b)| (s, b))
     }
 
@@ -344,45 +431,46 @@ impl Http2Client {
         msg: &Message,
         token: &str,
         bearer: Option<&str>,
-    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
+    ) -> Result<(u16, http::HeaderMap, Bytes), ReqError> {
         let uri = http::Uri::builder()
             .scheme("https")
             .authority(authority.to_str().unwrap_or_default())
             .path_and_query(format!("/3/device/{token}"))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ReqError::failed)?;
         let mut req = Request::builder().method(Method::POST).uri(uri);
         let h = req.headers_mut().expect("fresh builder");
         if let Some(b) = bearer {
-            h.insert("authorization", HeaderValue::from_str(b).map_err(|e| e.to_string())?);
+            h.insert("authorization", HeaderValue::from_str(b).map_err(ReqError::failed)?);
         }
-        h.insert("apns-topic", HeaderValue::from_str(&msg.topic).map_err(|e| e.to_string())?);
+        h.insert("apns-topic", HeaderValue::from_str(&msg.topic).map_err(ReqError::failed)?);
         h.insert("apns-push-type", HeaderValue::from_static("alert"));
         h.insert("apns-priority", HeaderValue::from(msg.priority as u16));
         h.insert("apns-expiration", HeaderValue::from(msg.expiration));
-        h.insert("apns-collapse-id", HeaderValue::from_str(&msg.collapse_id).map_err(|e| e.to_string())?);
-        let req = req.body(()).map_err(|e| e.to_string())?;
+        h.insert("apns-collapse-id", HeaderValue::from_str(&msg.collapse_id).map_err(ReqError::failed)?);
+        let req = req.body(()).map_err(ReqError::failed)?;
 
         let fut = async {
-            let mut send = conn.send.clone().ready().await.map_err(|e| e.to_string())?;
-            let (resp, mut body) = send.send_request(req, false).map_err(|e| e.to_string())?;
-            body.send_data(msg.payload.clone(), true).map_err(|e| e.to_string())?;
-            let resp = resp.await.map_err(|e| e.to_string())?;
+            // Until the request is handed over, the server has not seen it: safe to resend.
+            let mut send = conn.send.clone().ready().await.map_err(|_| ReqError::Refused)?;
+            let (resp, mut body) = send.send_request(req, false).map_err(|_| ReqError::Refused)?;
+            body.send_data(msg.payload.clone(), true).map_err(ReqError::h2)?;
+            let resp = resp.await.map_err(ReqError::h2)?;
             let status = resp.status().as_u16();
             let (parts, mut recv) = resp.into_parts();
             let mut data = Vec::new();
             while let Some(chunk) = recv.data().await {
-                let chunk = chunk.map_err(|e| e.to_string())?;
+                let chunk = chunk.map_err(ReqError::h2)?;
                 let _ = recv.flow_control().release_capacity(chunk.len());
                 if data.len() < 4096 {
                     data.extend_from_slice(&chunk);
                 }
             }
-            Ok::<_, String>((status, parts.headers, Bytes::from(data)))
+            Ok::<_, ReqError>((status, parts.headers, Bytes::from(data)))
         };
         match tokio::time::timeout(self.inner.settings.request_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err("request timed out".into()),
+            Err(_) => Err(ReqError::Failed("request timed out".into())),
         }
     }
 
@@ -402,7 +490,11 @@ impl Http2Client {
             priority: 10,
         };
         let authority = HeaderValue::from_static(env.host());
-        let (status, headers, body) = self.request_full(&conn, &authority, &msg, token, bearer.as_deref()).await?;
+        let (status, headers, body) =
+            self.request_full(&conn, &authority, &msg, token, bearer.as_deref()).await.map_err(|e| match e {
+                ReqError::Refused => "the server refused the request".to_string(),
+                ReqError::Failed(why) => why,
+            })?;
         let reason = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["reason"].as_str().map(Reason::parse));
@@ -416,20 +508,24 @@ impl Http2Client {
         })
     }
 
-    /// Up to `wanted` live connections for `env`, opening what is missing.
+    /// Up to `wanted` live connections for `env`, opening what is missing. Pooled connections
+    /// that sat idle are PINGed first: a silently dead one is replaced, not trusted.
     async fn lanes(&self, env: Environment, wanted: usize) -> Result<Vec<Arc<Conn>>, String> {
-        let mut have: Vec<Arc<Conn>> = {
+        let pooled: Vec<Arc<Conn>> = {
             let mut pool = self.inner.pools[env_index(env)].lock().expect("pool lock");
             pool.retain(|c| c.alive());
             pool.iter().take(wanted).cloned().collect()
         };
+        let mut have = Vec::with_capacity(wanted);
+        for c in pooled {
+            if self.check_idle(&c).await {
+                have.push(c);
+            }
+        }
         let mut last_err = None;
         while have.len() < wanted {
-            match self.connect(env).await {
-                Ok(c) => {
-                    self.inner.pools[env_index(env)].lock().expect("pool lock").push(c.clone());
-                    have.push(c);
-                }
+            match self.connect_pooled(env).await {
+                Ok(c) => have.push(c),
                 Err(e) => {
                     last_err = Some(e);
                     break;
@@ -440,6 +536,32 @@ impl Http2Client {
             return Err(last_err.unwrap_or_else(|| "no connection".into()));
         }
         Ok(have)
+    }
+
+    /// True if `c` is fit for use: recently used, or answering a PING.
+    async fn check_idle(&self, c: &Conn) -> bool {
+        if crate::now_ms() - c.last_used.load(Ordering::Relaxed) < IDLE_CHECK_MS {
+            return true;
+        }
+        let mut ping = c.ping.lock().await;
+        let alive = match ping.as_mut() {
+            Some(p) => matches!(tokio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque())).await, Ok(Ok(_))),
+            None => true,
+        };
+        if alive {
+            c.last_used.store(crate::now_ms(), Ordering::Relaxed);
+        } else {
+            info!(conn = c.id, "idle APNs connection did not answer PING: replacing it");
+            c.closed.store(true, Ordering::Release);
+        }
+        alive
+    }
+
+    /// Opens a connection and adds it to the pool of `env`.
+    async fn connect_pooled(&self, env: Environment) -> Result<Arc<Conn>, String> {
+        let c = self.connect(env).await?;
+        self.inner.pools[env_index(env)].lock().expect("pool lock").push(c.clone());
+        Ok(c)
     }
 
     async fn connect(&self, env: Environment) -> Result<Arc<Conn>, String> {
@@ -467,6 +589,7 @@ impl Http2Client {
                 .handshake::<_, Bytes>(tls)
                 .await
                 .map_err(|e| format!("HTTP/2 handshake with {host}:{port}: {e}"))?;
+            let ping = connection.ping_pong();
             let closed = Arc::new(AtomicBool::new(false));
             let server_limit = Arc::new(AtomicUsize::new(self.inner.settings.max_streams as usize));
             let (c2, l2) = (closed.clone(), server_limit.clone());
@@ -488,7 +611,15 @@ impl Http2Client {
                 .instrument(tracing::Span::current()),
             );
             debug!(%host, port, "APNs connection open");
-            Ok(Arc::new(Conn { id, send, closed, server_limit, confirmed: AtomicBool::new(false) }))
+            Ok(Arc::new(Conn {
+                id,
+                send,
+                closed,
+                server_limit,
+                confirmed: AtomicBool::new(false),
+                last_used: AtomicI64::new(crate::now_ms()),
+                ping: tokio::sync::Mutex::new(ping),
+            }))
         }
         .instrument(span);
         match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {

@@ -3,7 +3,7 @@
 //! process, and an MQTT observer. No fixed ports; readiness is awaited, never slept for.
 #![allow(dead_code)]
 
-use dingdong::apns::sim::{CertOptions, Sim, SimOptions};
+use dingdong::apns::sim::{CertOptions, Faults, Sim, SimOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 dir.display()
             ),
         )
@@ -98,15 +98,40 @@ impl Drop for Mosquitto {
 
 /// Starts the simulator's HTTP/2 API on a free port.
 pub async fn start_sim(dir: &Path) -> Sim {
+    start_sim_with(dir, Faults::default(), 1000).await
+}
+
+/// Starts the simulator with faults and a stream limit.
+pub async fn start_sim_with(dir: &Path, faults: Faults, max_streams: u32) -> Sim {
     Sim::start(SimOptions {
         http2: Some(([127, 0, 0, 1], 0).into()),
         out_dir: dir.join("apns-sim"),
-        max_streams: 1000,
+        max_streams,
         certs: CertOptions { topic: TOPIC.into(), expired_client_cert: false },
+        faults,
         ..Default::default()
     })
     .await
     .expect("simulator starts")
+}
+
+/// Polls `cond` until it holds: for progress that has no event to await (a counter in the
+/// simulator). Bounded by PATIENCE.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Registers `n` phones (tokens `token(base..base+n)`) for `user` through `phone import`.
+pub fn import_phones(config: &Path, dir: &Path, user: &str, base: u32, n: u32) -> Vec<String> {
+    let tokens: Vec<String> = (base..base + n).map(token).collect();
+    let file = dir.join(format!("import-{user}-{base}.txt"));
+    std::fs::write(&file, tokens.join("\n")).unwrap();
+    ok(config, &["phone", "import", user, file.to_str().unwrap()]);
+    tokens
 }
 
 /// How the daemon proves itself to the simulator.
@@ -254,12 +279,18 @@ impl Observer {
         let (client, mut eventloop) = AsyncClient::new(o, 1024);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, mut subscribed) = mpsc::unbounded_channel();
-        for f in filters {
-            client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
-        }
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let n = filters.len();
+        let c2 = client.clone();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    // Clean session: subscribe again after every (re)connect.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in &filters {
+                            let _ = c2.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
                     }
@@ -271,10 +302,15 @@ impl Observer {
                 }
             }
         });
-        for _ in filters {
+        for _ in 0..n {
             tokio::time::timeout(PATIENCE, subscribed.recv()).await.expect("suback in time");
         }
         Observer { client, rx, subscribed }
+    }
+
+    /// Waits until the observer has subscribed again (after a broker restart).
+    pub async fn wait_resubscribed(&mut self) {
+        tokio::time::timeout(PATIENCE, self.subscribed.recv()).await.expect("resubscribed in time");
     }
 
     /// The next publish for which `pick` returns something, within PATIENCE.

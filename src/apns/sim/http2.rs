@@ -2,13 +2,14 @@
 //! connection, Apple's checks in Apple's order, and `GET /sim/stats` / `GET /sim/received`
 //! for tools that want to count deliveries from another process.
 
-use super::{Received, SimCredentials, SimState};
+use super::{Faults, Received, SimCredentials, SimState};
 use crate::apns::Environment;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, Request, Response, StatusCode};
+use rand::Rng;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -34,6 +35,7 @@ pub struct Http2Sim {
     key_id: String,
     team_id: String,
     max_streams: u32,
+    faults: Faults,
     /// Verified JWTs, so each distinct token costs one ECDSA verification (as at Apple).
     jwts: Mutex<HashMap<String, Result<i64, &'static str>>>,
 }
@@ -42,7 +44,12 @@ pub struct Http2Sim {
 type Refusal = (u16, &'static str, Option<i64>);
 
 impl Http2Sim {
-    pub fn new(creds: &SimCredentials, state: Arc<SimState>, max_streams: u32) -> Result<Arc<Http2Sim>, String> {
+    pub fn new(
+        creds: &SimCredentials,
+        state: Arc<SimState>,
+        max_streams: u32,
+        faults: Faults,
+    ) -> Result<Arc<Http2Sim>, String> {
         let provider = crate::apns::tls::provider();
         let chain = crate::apns::tls::read_pem_certs(&creds.server_cert).map_err(|e| e.to_string())?;
         let key_pem = std::fs::read(&creds.server_key).map_err(|e| e.to_string())?;
@@ -70,6 +77,7 @@ impl Http2Sim {
             key_id: creds.key_id.clone(),
             team_id: creds.team_id.clone(),
             max_streams,
+            faults,
             jwts: Mutex::new(HashMap::new()),
         }))
     }
@@ -115,11 +123,22 @@ impl Http2Sim {
             .await
             .map_err(|e| e.to_string())?;
         let mut streams = FuturesUnordered::new();
+        let mut requests = 0u64;
         loop {
             tokio::select! {
                 // cancel-safe: accept() keeps unaccepted streams in the connection
                 next = conn.accept() => match next {
-                    Some(Ok((req, respond))) => streams.push(self.handle(req, respond, cert_auth)),
+                    Some(Ok((req, respond))) => {
+                        requests += 1;
+                        streams.push(self.handle(req, respond, cert_auth));
+                        if self.faults.goaway_after > 0 && requests % self.faults.goaway_after == 0 {
+                            // As Apple does: accepted streams are still answered, later ones refused.
+                            conn.graceful_shutdown();
+                        }
+                        if self.faults.drop_after > 0 && requests >= self.faults.drop_after {
+                            return Ok(()); // abrupt close: no GOAWAY, in-flight streams lost
+                        }
+                    }
                     Some(Err(e)) => return Err(e.to_string()),
                     None => break,
                 },
@@ -160,7 +179,19 @@ impl Http2Sim {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        match self.check(&parts, &path, &payload, too_large, cert_auth) {
+        if !self.faults.latency.is_zero() {
+            tokio::time::sleep(self.faults.latency).await;
+        }
+        let verdict = if self.faults.fail_rate > 0.0 && rand::thread_rng().gen_bool(self.faults.fail_rate.min(1.0)) {
+            if rand::thread_rng().gen_bool(0.5) {
+                Err((500, "InternalServerError", None))
+            } else {
+                Err((503, "ServiceUnavailable", None))
+            }
+        } else {
+            self.check(&parts, &path, &payload, too_large, cert_auth)
+        };
+        match verdict {
             Ok((token, env)) => {
                 self.state.record_accept(|| Received {
                     token,

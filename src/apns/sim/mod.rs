@@ -35,6 +35,20 @@ pub struct SimOptions {
     /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.
     pub max_streams: u32,
     pub certs: CertOptions,
+    pub faults: Faults,
+}
+
+/// Apple's bad days, on demand.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Share of notifications answered 500 InternalServerError or 503 ServiceUnavailable.
+    pub fail_rate: f64,
+    /// Send GOAWAY on a connection after this many requests (0: never).
+    pub goaway_after: u64,
+    /// Delay before every answer.
+    pub latency: std::time::Duration,
+    /// Close a connection abruptly, without GOAWAY, after this many requests (0: never).
+    pub drop_after: u64,
 }
 
 /// What the simulator knows of one token.
@@ -202,7 +216,7 @@ impl Sim {
         let cancel = CancellationToken::new();
         let mut http2_addr = None;
         if let Some(addr) = opts.http2 {
-            let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1))?;
+            let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1), opts.faults)?;
             http2_addr = Some(server.listen(addr, cancel.clone()).await?);
         }
         let info = serde_json::json!({

@@ -1,0 +1,198 @@
+//! Faults: a crash mid-ring, a broker restart, presses while the daemon is down, Apple's bad
+//! days, expiry. Every phone that should ring rings, within the ring's expiry.
+
+mod util;
+
+use dingdong::apns::sim::Faults;
+use dingdong::store::rings::Press;
+use dingdong::store::Store;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use util::*;
+
+fn household(cfg: &std::path::Path, dir: &std::path::Path, phones: u32) -> Vec<String> {
+    ok(cfg, &["user", "add", "alice"]);
+    ok(cfg, &["doorbell", "add", "front", "--owner", "alice"]);
+    import_phones(cfg, dir, "alice", 0, phones)
+}
+
+fn duplicates(sim: &dingdong::apns::sim::Sim, tokens: &[String]) -> usize {
+    let counts = sim.state.counts();
+    for t in tokens {
+        assert!(counts.get(t).copied().unwrap_or(0) >= 1, "token {} never delivered", &t[..8]);
+    }
+    counts.values().map(|c| c - 1).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    // Slow answers keep the 20,000-phone ring in flight long enough to be interrupted.
+    let sim = start_sim_with(d, Faults { latency: Duration::from_millis(100), ..Default::default() }, 200).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    let tokens = household(&cfg, d, 20_000);
+    ok(&cfg, &["doorbell", "add", "back", "--owner", "alice"]);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+
+    // Phase 1: power cut.
+    let daemon = Daemon::spawn(&cfg, d);
+    obs.wait_online().await;
+    obs.press("front", dingdong::now_ms()).await;
+    until("a quarter of the ring delivered", || sim.state.accepted.load(Ordering::Relaxed) >= 5_000).await;
+    daemon.kill9();
+    let at_kill = sim.state.accepted.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let daemon = Daemon::spawn(&cfg, d);
+    let outcome = obs.ring_outcome().await;
+    let recovered = t0.elapsed();
+    assert_eq!(outcome["delivered"].as_i64(), Some(20_000), "{outcome}");
+    assert_eq!(outcome["pending"].as_i64(), Some(0));
+    let dups = duplicates(&sim, &tokens);
+    // Only what was in flight (4 connections x 200 streams) or answered but not yet written
+    // (one outcome batch) at the moment of the crash can go twice.
+    assert!(dups <= 4 * 200 + 2048, "{dups} duplicates");
+    println!(
+        "kill -9 after {at_kill} accepted: {} delivered, {dups} duplicates, recovered in {recovered:?}",
+        outcome["delivered"]
+    );
+
+    // Phase 2: SIGTERM mid-ring exits 0 and leaves the rest for the next start.
+    let before = sim.state.accepted.load(Ordering::Relaxed);
+    obs.press("back", dingdong::now_ms()).await;
+    until("the second ring under way", || sim.state.accepted.load(Ordering::Relaxed) >= before + 3_000).await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let store = Store::open(&d.join("dingdong.db")).unwrap();
+    let pending: i64 =
+        store.conn().query_row("SELECT COUNT(*) FROM ring_phones WHERE state = 'pending'", [], |r| r.get(0)).unwrap();
+    assert!(pending > 0, "SIGTERM left the unsent phones pending");
+    drop(store);
+    let daemon = Daemon::spawn(&cfg, d);
+    let outcome = obs.ring_outcome().await;
+    assert_eq!(outcome["delivered"].as_i64(), Some(20_000), "{outcome}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presses_survive_a_broker_restart_and_a_daemon_that_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let d = dir.path().join("broker");
+    std::fs::create_dir_all(&d).unwrap();
+    let broker = Mosquitto::start(&d);
+    let sim = start_sim(dir.path()).await;
+    let cfg = write_config(dir.path(), &broker.url(), &sim, Auth::Token);
+    let tokens = household(&cfg, dir.path(), 3);
+    ok(&cfg, &["doorbell", "add", "back", "--owner", "alice"]);
+    ok(&cfg, &["doorbell", "add", "side", "--owner", "alice"]);
+
+    // The daemon subscribes once (persistent session), then goes down.
+    let daemon = Daemon::spawn(&cfg, dir.path());
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The broker restarts too; presses arrive while dingdong is down.
+    let (port, bdir) = broker.stop();
+    let broker = Mosquitto::start_on(&bdir, port);
+    obs.wait_resubscribed().await;
+    obs.wait_resubscribed().await;
+    let now = dingdong::now_ms();
+    obs.press("front", now).await;
+    obs.press("back", now).await;
+    let daemon = Daemon::spawn(&cfg, dir.path());
+    let mut rung = vec![obs.ring_outcome().await["doorbell"].as_str().unwrap().to_string()];
+    rung.push(obs.ring_outcome().await["doorbell"].as_str().unwrap().to_string());
+    rung.sort();
+    assert_eq!(rung, ["back", "front"]);
+
+    // The broker restarts under a running daemon: it reconnects, resubscribes, rings.
+    let (port, bdir) = broker.stop();
+    let _broker = Mosquitto::start_on(&bdir, port);
+    obs.wait_resubscribed().await;
+    obs.wait_resubscribed().await;
+    obs.wait_online().await;
+    obs.press("side", dingdong::now_ms()).await;
+    assert_eq!(obs.ring_outcome().await["delivered"].as_i64(), Some(3));
+    let counts = sim.state.counts();
+    assert!(tokens.iter().all(|t| counts[t] == 3), "each phone rang once per ring: {counts:?}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apples_bad_days_still_deliver_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let faults = Faults { fail_rate: 0.05, goaway_after: 1_000, latency: Duration::from_millis(50), drop_after: 0 };
+    let sim = start_sim_with(d, faults, 1000).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    let tokens = household(&cfg, d, 5_000);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    let t0 = Instant::now();
+    obs.press("front", dingdong::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!(outcome["delivered"].as_i64(), Some(5_000), "{outcome}");
+    let dups = duplicates(&sim, &tokens);
+    println!("5% 500/503 + GOAWAY every 1000 + 50 ms: 5000/5000 delivered in {:?}, {dups} duplicates", t0.elapsed());
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dropped_without_goaway_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_sim_with(d, Faults { drop_after: 700, ..Default::default() }, 1000).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    let tokens = household(&cfg, d, 3_000);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    obs.press("front", dingdong::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!(outcome["delivered"].as_i64(), Some(3_000), "{outcome}");
+    duplicates(&sim, &tokens);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_ring_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let broker = Mosquitto::start(d);
+    let sim = start_sim(d).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    household(&cfg, d, 2);
+    // A ring left unfinished by a crash, whose time ran out while the daemon was down.
+    {
+        let mut s = Store::open(&d.join("dingdong.db")).unwrap();
+        let old = dingdong::now_ms() - 600_000;
+        let p = Press {
+            ring_id: "stale-ring",
+            doorbell_id: "front",
+            doorbell_name: "front",
+            pressed_at: old,
+            received_at: old + 10,
+            expiry_ms: 300_000,
+            debounce_ms: 2_000,
+        };
+        assert!(matches!(s.create_ring(&p).unwrap(), dingdong::store::rings::RingStart::Created(_)));
+    }
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    let daemon = Daemon::spawn(&cfg, d);
+    let resumed = obs.ring_outcome().await;
+    assert_eq!((resumed["ring_id"].as_str(), resumed["state"].as_str()), (Some("stale-ring"), Some("expired")));
+    assert_eq!(resumed["expired"].as_i64(), Some(2));
+    // The outcome came over MQTT, so the daemon is connected.
+    // A press the bridge heard ten minutes ago (delivered late by the broker).
+    obs.press("front", dingdong::now_ms() - 600_000).await;
+    let late = obs.ring_outcome().await;
+    assert_eq!(late["state"], "expired", "{late}");
+    assert_eq!(sim.state.accepted.load(Ordering::Relaxed), 0, "nothing was sent");
+    assert_eq!(daemon.terminate(), Some(0));
+}
