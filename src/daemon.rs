@@ -181,6 +181,7 @@ struct Intake {
 impl Intake {
     async fn run(self, mut inbox: mpsc::Receiver<Incoming>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut reported = None;
         loop {
             tokio::select! {
                 // cancel-safe: stopping intake drops no message (unacked QoS 1 is redelivered)
@@ -190,11 +191,28 @@ impl Intake {
                     Some(m) => self.on_message(m).await,
                     None => break,
                 },
-                // cancel-safe: only a heartbeat
-                _ = tick.tick() => self.heartbeat.store(crate::now_ms(), Ordering::Relaxed),
+                // cancel-safe: only a heartbeat and a status check
+                _ = tick.tick() => {
+                    self.heartbeat.store(crate::now_ms(), Ordering::Relaxed);
+                    self.report_transport(&mut reported).await;
+                }
             }
         }
         debug!("intake stopped");
+    }
+
+    /// A transport stopped by Apple's refusal of our credentials is announced on the retained
+    /// `P/status`, so a technician sees it without reading logs.
+    async fn report_transport(&self, reported: &mut Option<crate::apns::Reason>) {
+        let now = self.outbox.transport().stopped();
+        if now.is_some() && now != *reported {
+            let reason = now.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            let status = serde_json::json!({"state": "online", "apns": "stopped", "reason": reason, "fix": "check apns.token / apns.certificate, then restart dingdong (dingdong diag tells which)"});
+            if let Err(e) = self.mqtt.publish("status", status.to_string(), true).await {
+                warn!(error = %e, "cannot publish the APNs failure");
+            }
+            *reported = now;
+        }
     }
 
     async fn on_message(&self, m: Incoming) {

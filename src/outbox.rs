@@ -33,6 +33,13 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The credentials problem that stopped the transport, if any.
+    pub fn stopped(&self) -> Option<crate::apns::Reason> {
+        match self {
+            Transport::Http2(c) => c.stopped(),
+        }
+    }
+
     /// Sends to every target; after `stop`, nothing new is started and what was not started
     /// comes back as a retry (the outbox then leaves it pending for the next start).
     async fn send(
@@ -63,18 +70,12 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The wait before retry number `attempt` (1-based), with `jitter` in `[0, 1)` taking up
-    /// to half of it off; `None` when the retry would land past `expires_at` (ms).
-    pub fn delay(
-        &self,
-        attempt: u32,
-        now_ms: i64,
-        expires_at: i64,
-        jitter: f64,
-        hint: Option<Duration>,
-    ) -> Option<Duration> {
+    /// to half of it off; `None` when the retry would land past the ring's expiry, which is
+    /// `remaining` away.
+    pub fn delay(&self, attempt: u32, remaining: Duration, jitter: f64, hint: Option<Duration>) -> Option<Duration> {
         let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max);
         let d = exp.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0)).max(hint.unwrap_or_default());
-        (now_ms + d.as_millis() as i64 <= expires_at).then_some(d)
+        (d <= remaining).then_some(d)
     }
 }
 
@@ -115,6 +116,10 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(store: StoreHandle, transport: Transport, mqtt: Option<MqttHandle>, settings: OutboxSettings) -> Outbox {
         Outbox { store, transport, mqtt, settings }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
@@ -202,6 +207,10 @@ impl Outbox {
         latency: &mut Latency,
     ) -> bool {
         let mut attempt = 0u32;
+        // The expiry on the runtime's clock, so waits and the deadline agree (and tests can
+        // pause time).
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis((job.expires_at - crate::now_ms()).max(0) as u64);
         while !pending.is_empty() {
             if stop.is_cancelled() {
                 return false;
@@ -249,7 +258,8 @@ impl Outbox {
             }
             attempt += 1;
             let jitter = rand::thread_rng().gen::<f64>();
-            let Some(wait) = self.settings.retry.delay(attempt, crate::now_ms(), job.expires_at, jitter, hint) else {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(wait) = self.settings.retry.delay(attempt, remaining, jitter, hint) else {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
                 break; // finish_ring marks them expired
             };
@@ -282,18 +292,73 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apns::http2::{Credentials, Http2Settings};
+    use crate::apns::Environment;
+    use crate::store::rings::{Press, RingStart};
+    use crate::store::Store;
+
+    /// APNs unreachable (connection refused): the ring is retried with growing waits until
+    /// its expiry, then its phones are marked expired. Time is paused: the five minutes of
+    /// backoff pass instantly and deterministically.
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_until_the_ring_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("d.db")).unwrap();
+        store.add_user("a").unwrap();
+        store.add_doorbell("front", None, "a").unwrap();
+        store.add_phone("a", &"ab".repeat(32), Environment::Production, None, None).unwrap();
+        let now = crate::now_ms();
+        let press = Press {
+            ring_id: "r",
+            doorbell_id: "front",
+            doorbell_name: "front",
+            pressed_at: now,
+            received_at: now,
+            expiry_ms: 300_000,
+            debounce_ms: 0,
+        };
+        let RingStart::Created(job) = store.create_ring(&press).unwrap() else { panic!() };
+        let store = StoreHandle::spawn(store);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let key = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        let client = Http2Client::new(
+            Credentials::Token(Arc::new(crate::apns::auth::JwtMinter::new(key, "KEYID12345", "TEAMID1234"))),
+            Http2Settings {
+                endpoint: Some(("127.0.0.1".into(), closed)),
+                ca_file: None,
+                max_streams: 10,
+                max_connections: 1,
+                request_timeout: Duration::from_secs(10),
+                topic: "t".into(),
+            },
+        )
+        .unwrap();
+        let outbox = Outbox::new(
+            store.clone(),
+            Transport::Http2(client),
+            None,
+            OutboxSettings { topic: "t".into(), sound: "default".into(), retry: RetryPolicy::default() },
+        );
+        let t0 = tokio::time::Instant::now();
+        let report = outbox.deliver(job, CancellationToken::new()).await.unwrap();
+        let waited = t0.elapsed();
+        assert_eq!((report.summary.expired, report.summary.delivered), (1, 0));
+        // It kept trying for most of the expiry, and never past it.
+        assert!(waited > Duration::from_secs(200) && waited <= Duration::from_secs(300), "{waited:?}");
+    }
 
     #[test]
     fn backoff_grows_is_jittered_and_respects_expiry() {
         let p = RetryPolicy::default();
-        assert_eq!(p.delay(1, 0, 60_000, 0.0, None), Some(Duration::from_millis(100)));
-        assert_eq!(p.delay(2, 0, 60_000, 0.0, None), Some(Duration::from_millis(200)));
-        assert_eq!(p.delay(4, 0, 60_000, 0.0, None), Some(Duration::from_millis(800)));
-        assert_eq!(p.delay(4, 0, 60_000, 1.0, None), Some(Duration::from_millis(400)));
-        assert_eq!(p.delay(30, 0, 600_000, 0.0, None), Some(Duration::from_secs(30)));
+        let minute = Duration::from_secs(60);
+        assert_eq!(p.delay(1, minute, 0.0, None), Some(Duration::from_millis(100)));
+        assert_eq!(p.delay(2, minute, 0.0, None), Some(Duration::from_millis(200)));
+        assert_eq!(p.delay(4, minute, 0.0, None), Some(Duration::from_millis(800)));
+        assert_eq!(p.delay(4, minute, 1.0, None), Some(Duration::from_millis(400)));
+        assert_eq!(p.delay(30, 10 * minute, 0.0, None), Some(Duration::from_secs(30)));
         // Apple's hint wins when longer.
-        assert_eq!(p.delay(1, 0, 60_000, 0.0, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
+        assert_eq!(p.delay(1, minute, 0.0, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
         // Never past expiry.
-        assert_eq!(p.delay(10, 59_000, 60_000, 0.0, None), None);
+        assert_eq!(p.delay(10, Duration::from_secs(1), 0.0, None), None);
     }
 }

@@ -196,3 +196,35 @@ async fn an_expired_ring_is_never_sent() {
     assert_eq!(sim.state.accepted.load(Ordering::Relaxed), 0, "nothing was sent");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_transport_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_sim(d).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("key_id = \"{}\"", sim.credentials.key_id), "key_id = \"WRONGKEY12\"");
+    std::fs::write(&cfg, text).unwrap();
+    household(&cfg, d, 3);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    obs.press("front", dingdong::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!(outcome["failed"].as_i64(), Some(3), "{outcome}");
+    let status = format!("{PREFIX}/status");
+    let reason = obs
+        .wait_for(|t, p| {
+            let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+            (t == status && v["apns"] == "stopped").then(|| v["reason"].as_str().unwrap_or("").to_string())
+        })
+        .await;
+    assert_eq!(reason, "InvalidProviderToken");
+    // Stopped means stopped: no retry loop against Apple.
+    let rejected = sim.state.rejected.load(Ordering::Relaxed);
+    assert!(rejected <= 3, "{rejected} refused requests");
+    assert_eq!(daemon.terminate(), Some(0));
+}

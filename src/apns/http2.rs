@@ -120,6 +120,8 @@ struct Inner {
     stopped: Mutex<Option<Reason>>,
     /// The `apns-topic` of probe requests.
     probe_topic: Arc<str>,
+    /// The last SETTINGS_MAX_CONCURRENT_STREAMS any connection saw (starts at our cap).
+    server_limit: Arc<AtomicUsize>,
 }
 
 /// One HTTP/2 connection.
@@ -165,6 +167,7 @@ impl Http2Client {
                 next_conn_id: AtomicU64::new(1),
                 stopped: Mutex::new(None),
                 probe_topic: settings.topic.as_str().into(),
+                server_limit: Arc::new(AtomicUsize::new(settings.max_streams as usize)),
                 settings,
             }),
         })
@@ -236,7 +239,9 @@ impl Http2Client {
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
     ) {
-        let per_conn = self.inner.settings.max_streams.max(1) as usize;
+        // Size the lanes by the smaller of our cap and the last stream limit a server announced.
+        let per_conn =
+            (self.inner.settings.max_streams as usize).min(self.inner.server_limit.load(Ordering::Relaxed)).max(1);
         let wanted = idx.len().div_ceil(per_conn).clamp(1, self.inner.settings.max_connections as usize);
         let conns = match self.lanes(env, wanted).await {
             Ok(c) => c,
@@ -592,12 +597,15 @@ impl Http2Client {
             let ping = connection.ping_pong();
             let closed = Arc::new(AtomicBool::new(false));
             let server_limit = Arc::new(AtomicUsize::new(self.inner.settings.max_streams as usize));
-            let (c2, l2) = (closed.clone(), server_limit.clone());
+            let (c2, l2, shared) = (closed.clone(), server_limit.clone(), self.inner.server_limit.clone());
             tokio::spawn(
                 async move {
                     let driven = std::future::poll_fn(|cx| {
                         let r = std::pin::Pin::new(&mut connection).poll(cx);
-                        l2.store(connection.max_concurrent_send_streams(), Ordering::Relaxed);
+                        let limit = connection.max_concurrent_send_streams();
+                        if l2.swap(limit, Ordering::Relaxed) != limit {
+                            shared.store(limit, Ordering::Relaxed);
+                        }
                         r
                     })
                     .await;
