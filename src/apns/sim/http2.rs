@@ -204,7 +204,7 @@ impl Http2Sim {
                     apns_id: apns_id.clone(),
                     auth: if cert_auth { "certificate" } else { "token" },
                     payload: serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
-                    at_ms: crate::now_ms(),
+                    at_us: crate::now_us(),
                 });
                 reply(&mut respond, 200, Some(&apns_id), None);
             }

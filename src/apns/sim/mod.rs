@@ -74,7 +74,8 @@ pub struct Received {
     /// `token` or `certificate`.
     pub auth: &'static str,
     pub payload: serde_json::Value,
-    pub at_ms: i64,
+    /// When it arrived, in microseconds since the epoch (latency benchmarks need better than ms).
+    pub at_us: i64,
 }
 
 /// Shared state of a running simulator.
@@ -176,6 +177,11 @@ impl SimState {
     /// Everything accepted so far (empty in fast mode).
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("received lock").clone()
+    }
+
+    /// Everything accepted so far, forgetting it (benchmarks measure press by press).
+    pub fn take_received(&self) -> Vec<Received> {
+        std::mem::take(&mut *self.received.lock().expect("received lock"))
     }
 
     /// How many notifications each token received.

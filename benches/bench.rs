@@ -1,0 +1,291 @@
+//! dingdong's benchmarks: `cargo bench --bench bench` (or `scripts/bench.sh`, which installs
+//! mosquitto and h2load first). Prints one line per figure and a summary table.
+//!
+//! - HTTP/2 fan-out of 120,000 phones: `dingdong run` (a child process) against the simulator
+//!   in accept-all mode (another child process), on loopback: notifications per second, CPU
+//!   seconds of the dingdong process, its peak RSS.
+//! - h2load against the same simulator, where installed: the practical limit of the machine.
+//! - Press latency through a real mosquitto for a 20-phone household over 1,000 presses.
+//! - Idle RSS of `dingdong run` after start-up, and the time from start to READY=1.
+
+#[path = "../tests/util/mod.rs"]
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::*;
+
+const FANOUT: u32 = 120_000;
+const PRESSES: usize = 1_000;
+const HOUSEHOLD: u32 = 20;
+
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    target: &'static str,
+}
+
+fn report(figs: &mut Vec<Figure>, name: &'static str, value: f64, unit: &'static str, target: &'static str) {
+    println!("figure: {name} = {value:.3} {unit}  (target: {target})");
+    figs.push(Figure { name, value, unit, target });
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// A `/proc/<pid>/status` field in MB (VmRSS, VmHWM).
+fn mem_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `dingdong apns-sim` as a child process; returns it with its address and credentials.
+fn spawn_sim(dir: &Path, extra: &[&str]) -> (Child, String, serde_json::Value) {
+    let mut child = Command::new(bin())
+        .args(["apns-sim", "--http2", "127.0.0.1:0", "--out"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("apns-sim starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).expect("apns-sim prints its address");
+    let addr = info["http2"].as_str().unwrap().to_string();
+    (child, addr, info["credentials"].clone())
+}
+
+fn write_bench_config(dir: &Path, broker: &str, endpoint: &str, creds: &serde_json::Value) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[gateway]
+id = "bench"
+database = "dingdong.db"
+[mqtt]
+url = "{broker}"
+client_id = "dingdong-bench-{port}"
+topic_prefix = "{PREFIX}"
+[apns]
+transport = "http2"
+environment = "production"
+topic = "{TOPIC}"
+endpoint = "https://{endpoint}"
+ca_file = "{ca}"
+max_streams = 1000
+max_connections = 4
+[apns.token]
+key_file = "{key}"
+key_id = "{kid}"
+team_id = "{tid}"
+[ring]
+expiry = "5m"
+debounce = "0s"
+"#,
+            port = free_port(),
+            ca = creds["ca_file"].as_str().unwrap(),
+            key = creds["key_file"].as_str().unwrap(),
+            kid = creds["key_id"].as_str().unwrap(),
+            tid = creds["team_id"].as_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts `dingdong run` with a NOTIFY_SOCKET and waits for READY=1; returns the child and
+/// the time from spawn to READY.
+fn spawn_daemon_ready(cfg: &Path, dir: &Path) -> (Child, Duration) {
+    let sock_path = dir.join(format!("notify-{}.sock", free_port()));
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let t0 = Instant::now();
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon starts");
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock.recv(&mut buf).expect("READY=1 in time");
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            return (child, t0.elapsed());
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let mut figs = Vec::new();
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+    );
+    println!("machine: {machine}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+
+    // ---- HTTP/2 fan-out of 120,000 phones -------------------------------------------------
+    let fan = d.join("fanout");
+    std::fs::create_dir_all(&fan).unwrap();
+    let (mut sim, sim_addr, creds) = spawn_sim(&fan.join("sim"), &["--fast"]);
+    let cfg = write_bench_config(&fan, &broker.url(), &sim_addr, &creds);
+    ok(&cfg, &["user", "add", "owner"]);
+    ok(&cfg, &["doorbell", "add", "building", "--owner", "owner"]);
+    let t = Instant::now();
+    import_phones(&cfg, &fan, "owner", 0, FANOUT);
+    report(&mut figs, "phone import, 120,000 tokens", t.elapsed().as_secs_f64(), "s", "seconds, not minutes");
+
+    let (mut daemon, ready) = spawn_daemon_ready(&cfg, &fan);
+    report(&mut figs, "start to READY=1", ready.as_secs_f64() * 1000.0, "ms", "-");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report(&mut figs, "idle RSS after start-up", mem_mb(daemon.id(), "VmRSS:"), "MB", "< 15 MB");
+
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let cpu0 = cpu_seconds(daemon.id());
+    let t = Instant::now();
+    obs.press("building", dingdong::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(daemon.id()) - cpu0;
+    let delivered = outcome["delivered"].as_f64().unwrap_or(0.0);
+    assert_eq!(delivered as u32, FANOUT, "every phone delivered: {outcome}");
+    let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(wall * 1000.0);
+    let rate = delivered / (all_ms / 1000.0);
+    report(&mut figs, "HTTP/2 fan-out 120,000: notifications/s", rate, "/s", ">= 90% of h2load");
+    report(&mut figs, "HTTP/2 fan-out 120,000: press to outcome published", wall, "s", "-");
+    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU per notification", cpu / delivered * 1e6, "us", "<= 12 us");
+    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU", cpu, "s", "-");
+    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "< 40 MB");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    // ---- h2load against the same simulator ------------------------------------------------
+    if Command::new("h2load").arg("--version").output().is_ok() {
+        let minter = dingdong::apns::auth::JwtMinter::from_p8_file(
+            Path::new(creds["key_file"].as_str().unwrap()),
+            creds["key_id"].as_str().unwrap(),
+            creds["team_id"].as_str().unwrap(),
+        )
+        .unwrap();
+        let payload = fan.join("payload.json");
+        std::fs::write(&payload, dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap()).unwrap();
+        let out = Command::new("h2load")
+            .args(["-n", &FANOUT.to_string(), "-c", "4", "-m", "250", "-t", "1", "-d"])
+            .arg(&payload)
+            .args(["-H", &format!("authorization: {}", minter.bearer())])
+            .args(["-H", &format!("apns-topic: {TOPIC}"), "-H", "apns-push-type: alert", "-H", "apns-priority: 10"])
+            .arg(format!("https://{sim_addr}/3/device/{}", token(1)))
+            .output()
+            .expect("h2load runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let h2rate = text
+            .lines()
+            .find(|l| l.starts_with("finished in"))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|s| s.trim().split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok());
+        match h2rate {
+            Some(r) => {
+                report(&mut figs, "h2load, same simulator: requests/s", r, "/s", "the machine's practical limit");
+                report(&mut figs, "dingdong rate as a share of h2load's", rate / r * 100.0, "%", ">= 90%");
+            }
+            None => println!("h2load gave no rate: {text}"),
+        }
+    } else {
+        println!("h2load not installed (Debian nghttp2-client): skipping its figure");
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+
+    // ---- Press latency, 20-phone household, 1,000 presses --------------------------------
+    let lat = d.join("latency");
+    std::fs::create_dir_all(&lat).unwrap();
+    let sim = start_sim(&lat).await;
+    let creds = serde_json::to_value(&sim.credentials).unwrap();
+    let cfg = write_bench_config(&lat, &broker.url(), &sim.http2_addr.unwrap().to_string(), &creds);
+    ok(&cfg, &["user", "add", "family"]);
+    ok(&cfg, &["doorbell", "add", "home", "--owner", "family"]);
+    import_phones(&cfg, &lat, "family", 1_000_000, HOUSEHOLD);
+    let (mut daemon, _) = spawn_daemon_ready(&cfg, &lat);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let (mut first, mut all, mut last_req) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_at = 0;
+    for _ in 0..PRESSES {
+        let mut at = dingdong::now_ms();
+        while at <= last_at {
+            tokio::task::yield_now().await;
+            at = dingdong::now_ms();
+        }
+        last_at = at;
+        let t0 = dingdong::now_us();
+        obs.press("home", at).await;
+        let outcome = obs.ring_outcome().await;
+        let t_all = dingdong::now_us();
+        assert_eq!(outcome["delivered"].as_u64(), Some(HOUSEHOLD as u64), "{outcome}");
+        let received = sim.state.take_received();
+        let arrivals: Vec<i64> = received.iter().map(|r| r.at_us).collect();
+        first.push((arrivals.iter().min().unwrap() - t0) as f64 / 1000.0);
+        last_req.push((arrivals.iter().max().unwrap() - t0) as f64 / 1000.0);
+        all.push((t_all - t0) as f64 / 1000.0);
+    }
+    for v in [&mut first, &mut all, &mut last_req] {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    }
+    report(&mut figs, "press -> first APNs request, p50", percentile(&first, 0.5), "ms", "-");
+    report(&mut figs, "press -> first APNs request, p99", percentile(&first, 0.99), "ms", "p99 < 5 ms");
+    report(&mut figs, "press -> first APNs request, max", percentile(&first, 1.0), "ms", "-");
+    report(&mut figs, "press -> 20th APNs request, p99", percentile(&last_req, 0.99), "ms", "-");
+    report(&mut figs, "press -> all 20 answered (outcome on MQTT), p50", percentile(&all, 0.5), "ms", "-");
+    report(&mut figs, "press -> all 20 answered (outcome on MQTT), p99", percentile(&all, 0.99), "ms", "p99 < 20 ms");
+    report(&mut figs, "press -> all 20 answered (outcome on MQTT), max", percentile(&all, 1.0), "ms", "-");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    println!();
+    println!("summary ({machine})");
+    println!("| figure | value | target |");
+    println!("| --- | ---: | --- |");
+    for f in &figs {
+        println!("| {} | {:.2} {} | {} |", f.name, f.value, f.unit, f.target);
+    }
+}
