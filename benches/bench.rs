@@ -39,7 +39,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -181,12 +182,25 @@ async fn run() {
     report(&mut figs, "idle RSS after start-up", mem_mb(daemon.id(), "VmRSS:"), "MB", "< 15 MB");
 
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    // DINGDONG_BENCH_PERF=FILE records a CPU profile of the daemon during the fan-out.
+    let perf = std::env::var("DINGDONG_BENCH_PERF").ok().map(|file| {
+        Command::new("perf")
+            .args(["record", "-g", "-F", "999", "-o", &file, "-p", &daemon.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf starts")
+    });
     let cpu0 = cpu_seconds(daemon.id());
     let t = Instant::now();
     obs.press("building", dingdong::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     let wall = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds(daemon.id()) - cpu0;
+    if let Some(p) = perf {
+        let _ = Command::new("kill").arg("-INT").arg(p.id().to_string()).status();
+        let _ = p.wait_with_output();
+    }
     let delivered = outcome["delivered"].as_f64().unwrap_or(0.0);
     assert_eq!(delivered as u32, FANOUT, "every phone delivered: {outcome}");
     let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(wall * 1000.0);
@@ -208,7 +222,11 @@ async fn run() {
         )
         .unwrap();
         let payload = fan.join("payload.json");
-        std::fs::write(&payload, dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap()).unwrap();
+        std::fs::write(
+            &payload,
+            dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
+        )
+        .unwrap();
         let out = Command::new("h2load")
             .args(["-n", &FANOUT.to_string(), "-c", "4", "-m", "250", "-t", "1", "-d"])
             .arg(&payload)

@@ -208,6 +208,7 @@ async fn press_and_wait(broker: std::net::SocketAddr) -> Result<(Instant, serde_
     let mut o = MqttOptions::new("dingdong-demo-phone", broker.ip().to_string(), broker.port());
     o.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = AsyncClient::new(o, 16);
+    crate::mqtt::client::no_delay(&mut eventloop);
     client.try_subscribe(format!("{PREFIX}/ring/+"), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
     let mut pressed = None;
     let wait = async {

@@ -9,7 +9,7 @@
 use crate::apns::http2::Http2Client;
 use crate::apns::{ring_payload, Message, Outcome, Target};
 use crate::mqtt::MqttHandle;
-use crate::store::rings::{PhoneOutcome, RingJob, RingSummary};
+use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
@@ -133,16 +133,14 @@ impl Outbox {
             }
         };
         // One message per app topic (nearly always one).
-        let mut groups: HashMap<Option<String>, Vec<Target>> = HashMap::new();
+        let mut groups: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
         for p in &job.phones {
-            groups.entry(p.topic.clone()).or_default().push(Target {
-                phone_id: p.phone_id,
-                token: p.token.as_str().into(),
-                environment: p.environment,
-            });
+            let (targets, seqs) = groups.entry(p.topic.clone()).or_default();
+            targets.push(Target { phone_id: p.phone_id, token: p.token.clone(), environment: p.environment });
+            seqs.push(p.seq);
         }
         let mut latency = Latency::default();
-        for (topic, targets) in groups {
+        for (topic, (targets, seqs)) in groups {
             let msg = Arc::new(Message {
                 topic: topic.map(Arc::from).unwrap_or_else(|| self.settings.topic.clone()),
                 payload: payload.clone(),
@@ -150,7 +148,7 @@ impl Outbox {
                 collapse_id: job.doorbell_id.as_str().into(),
                 priority: 10,
             });
-            if !self.send_until_settled(&job, msg, targets, &stop, &mut latency).await {
+            if !self.send_until_settled(&job, msg, targets, seqs, &stop, &mut latency).await {
                 return None; // stopping: the rest stays pending
             }
         }
@@ -203,6 +201,7 @@ impl Outbox {
         job: &RingJob,
         msg: Arc<Message>,
         mut pending: Vec<Target>,
+        mut seqs: Vec<i64>,
         stop: &CancellationToken,
         latency: &mut Latency,
     ) -> bool {
@@ -216,12 +215,14 @@ impl Outbox {
                 return false;
             }
             let targets: Arc<[Target]> = pending.into();
+            let job_seqs = std::mem::take(&mut seqs);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let send = self.transport.send(msg.clone(), targets.clone(), tx, stop);
             let record = async {
                 let mut retry = Vec::new();
                 let mut hint = None;
-                let mut batch: Vec<(String, Outcome)> = Vec::with_capacity(BATCH.min(targets.len()));
+                let mut batch: Vec<OutcomeRow> = Vec::with_capacity(BATCH.min(targets.len()));
+                let mut retry_seqs = Vec::new();
                 let mut tick = tokio::time::interval(FLUSH_EVERY);
                 loop {
                     tokio::select! {
@@ -235,8 +236,14 @@ impl Outbox {
                                     Outcome::Retry { after, .. } => {
                                         hint = hint.max(after);
                                         retry.push(targets[i].clone());
+                                        retry_seqs.push(job_seqs[i]);
                                     }
-                                    o => batch.push((targets[i].token.to_string(), o)),
+                                    outcome => batch.push(OutcomeRow {
+                                        seq: job_seqs[i],
+                                        phone_id: targets[i].phone_id,
+                                        token: targets[i].token.clone(),
+                                        outcome,
+                                    }),
                                 }
                                 if batch.len() >= BATCH {
                                     self.flush(&job.ring_id, &mut batch).await;
@@ -249,10 +256,11 @@ impl Outbox {
                     }
                 }
                 self.flush(&job.ring_id, &mut batch).await;
-                (retry, hint)
+                (retry, retry_seqs, hint)
             };
-            let ((), (retry, hint)) = tokio::join!(send, record);
+            let ((), (retry, retry_seqs, hint)) = tokio::join!(send, record);
             pending = retry;
+            seqs = retry_seqs;
             if pending.is_empty() {
                 break;
             }
@@ -272,7 +280,7 @@ impl Outbox {
         true
     }
 
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<(String, Outcome)>) {
+    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) {
         if batch.is_empty() {
             return;
         }

@@ -122,6 +122,14 @@ impl MqttSettings {
     }
 }
 
+/// Disables Nagle's algorithm: a press is one small packet, and waiting for the peer's delayed
+/// ACK (40 ms on Linux) before sending it is most of a ring's latency otherwise.
+pub fn no_delay(eventloop: &mut EventLoop) {
+    let mut opts = eventloop.network_options();
+    opts.set_tcp_nodelay(true);
+    eventloop.set_network_options(opts);
+}
+
 /// Starts the event loop task. Messages arrive on the returned receiver; `connected` turns
 /// true at every ConnAck and false at every connection error.
 pub fn start(
@@ -129,7 +137,8 @@ pub fn start(
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> (MqttHandle, mpsc::Receiver<Incoming>, watch::Receiver<bool>) {
-    let (client, eventloop) = AsyncClient::new(settings.options(), 256);
+    let (client, mut eventloop) = AsyncClient::new(settings.options(), 256);
+    no_delay(&mut eventloop);
     let (tx, rx) = mpsc::channel(256);
     let (conn_tx, conn_rx) = watch::channel(false);
     let handle =
@@ -262,6 +271,7 @@ impl MqttHandle {
 pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8>) -> Result<(), String> {
     let broker = format!("{}:{}", settings.host, settings.port);
     let (client, mut eventloop) = AsyncClient::new(settings.options(), 8);
+    no_delay(&mut eventloop);
     client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string())?;
     let done = async {
         loop {

@@ -6,6 +6,7 @@ use super::{Result, Store};
 use crate::apns::{Environment, Outcome};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
+use std::sync::Arc;
 
 /// What pressing the button did to the rings table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +35,11 @@ pub struct RingJob {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPhone {
+    /// Position in the ring's job (the `ring_phones` key).
+    pub seq: i64,
     pub phone_id: i64,
-    pub token: String,
+    /// Shared with the transport's targets: a big ring holds each token once.
+    pub token: Arc<str>,
     pub environment: Environment,
     pub topic: Option<String>,
 }
@@ -85,18 +89,34 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
                              UNION SELECT user_id FROM shares WHERE doorbell_id = ?1)
          GROUP BY p.token ORDER BY MIN(p.id)",
     )?;
-    let rows = st.query_map([doorbell], job_phone)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = st.query_map([doorbell], |r| job_phone(r, 0))?;
+    let mut phones = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for (seq, p) in phones.iter_mut().enumerate() {
+        p.seq = seq as i64;
+    }
+    Ok(phones)
 }
 
-fn job_phone(r: &rusqlite::Row) -> rusqlite::Result<JobPhone> {
+/// Reads `(phone_id, token, environment, topic[, seq])` starting at column `at`.
+fn job_phone(r: &rusqlite::Row, seq_col: usize) -> rusqlite::Result<JobPhone> {
     let env: String = r.get(2)?;
+    let token: String = r.get(1)?;
     Ok(JobPhone {
+        seq: if seq_col > 0 { r.get(seq_col)? } else { 0 },
         phone_id: r.get(0)?,
-        token: r.get(1)?,
+        token: token.into(),
         environment: Environment::parse(&env).unwrap_or(Environment::Production),
         topic: r.get(3)?,
     })
+}
+
+/// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
+#[derive(Debug, Clone)]
+pub struct OutcomeRow {
+    pub seq: i64,
+    pub phone_id: i64,
+    pub token: Arc<str>,
+    pub outcome: Outcome,
 }
 
 /// What recording a batch of outcomes did to the phones table.
@@ -147,17 +167,18 @@ impl Store {
         let phones = {
             let recipients = recipients_on(&tx, p.doorbell_id)?;
             let mut ins = tx.prepare_cached(
-                "INSERT INTO ring_phones (ring_id, token, phone_id, environment, topic, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                "INSERT INTO ring_phones (ring_id, seq, token, phone_id, environment, topic, state, updated_at)
+                 VALUES (?1, ?7, ?2, ?3, ?4, ?5, 'pending', ?6)",
             )?;
             for ph in &recipients {
                 ins.execute(params![
                     p.ring_id,
-                    ph.token,
+                    &*ph.token,
                     ph.phone_id,
                     ph.environment.as_str(),
                     ph.topic,
-                    p.received_at
+                    p.received_at,
+                    ph.seq
                 ])?;
             }
             recipients
@@ -176,37 +197,39 @@ impl Store {
 
     /// Records a batch of outcomes in one transaction. Prunes dead tokens, unless the phone
     /// was registered again after Apple's timestamp.
-    pub fn record_outcomes(&mut self, ring_id: &str, batch: &[(String, Outcome)]) -> Result<Recorded> {
+    pub fn record_outcomes(&mut self, ring_id: &str, batch: &[OutcomeRow]) -> Result<Recorded> {
         let now = crate::now_ms();
         let mut rec = Recorded::default();
         let tx = self.conn.transaction()?;
         {
             let mut set_state = tx.prepare_cached(
-                "UPDATE ring_phones SET state = ?3, reason = ?4, attempts = attempts + 1, updated_at = ?5 WHERE ring_id = ?1 AND token = ?2",
+                "UPDATE ring_phones SET state = ?3, reason = ?4, attempts = attempts + 1, updated_at = ?5 WHERE ring_id = ?1 AND seq = ?2",
             )?;
-            let mut set_phone =
-                tx.prepare_cached("UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE token = ?1")?;
+            // By rowid, in job order; unchanged outcomes are not rewritten.
+            let mut set_phone = tx.prepare_cached(
+                "UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE id = ?1 AND last_outcome IS NOT ?2",
+            )?;
             let mut prune =
                 tx.prepare_cached("DELETE FROM phones WHERE token = ?1 AND (?2 IS NULL OR registered_at <= ?2)")?;
-            for (token, outcome) in batch {
-                let reason = outcome.reason().map(|r| r.to_string());
-                let mut state = outcome.state();
-                if let Outcome::Prune { since, .. } = outcome {
-                    if prune.execute(params![token, since])? > 0 {
+            for row in batch {
+                let reason = row.outcome.reason().map(|r| r.to_string());
+                let mut state = row.outcome.state();
+                if let Outcome::Prune { since, .. } = &row.outcome {
+                    if prune.execute(params![&*row.token, since])? > 0 {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
                         state = "failed";
-                        set_phone.execute(params![token, reason.as_deref().unwrap_or(""), now])?;
+                        set_phone.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
                     }
                 } else {
-                    let last = match outcome {
+                    let last = match &row.outcome {
                         Outcome::Delivered => "delivered".to_string(),
                         o => format!("{}: {}", o.state(), reason.as_deref().unwrap_or("")),
                     };
-                    set_phone.execute(params![token, last, now])?;
+                    set_phone.execute(params![row.phone_id, last, now])?;
                 }
-                set_state.execute(params![ring_id, token, state, reason, now])?;
+                set_state.execute(params![ring_id, row.seq, state, reason, now])?;
             }
         }
         tx.commit()?;
@@ -270,7 +293,7 @@ impl Store {
     pub fn ring_phones(&self, ring_id: &str, limit: usize) -> Result<Vec<PhoneOutcome>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT phone_id, token, environment, state, reason FROM ring_phones WHERE ring_id = ?1 ORDER BY phone_id LIMIT ?2")?;
+            .prepare_cached("SELECT phone_id, token, environment, state, reason FROM ring_phones WHERE ring_id = ?1 ORDER BY seq LIMIT ?2")?;
         let rows = st.query_map(params![ring_id, limit as i64], |r| {
             let token: String = r.get(1)?;
             Ok(PhoneOutcome {
@@ -304,9 +327,9 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?;
         let mut ph = self
             .conn
-            .prepare("SELECT phone_id, token, environment, topic FROM ring_phones WHERE ring_id = ?1 AND state = 'pending' ORDER BY phone_id")?;
+            .prepare("SELECT phone_id, token, environment, topic, seq FROM ring_phones WHERE ring_id = ?1 AND state = 'pending' ORDER BY seq")?;
         for j in &mut jobs {
-            j.phones = ph.query_map([&j.ring_id], job_phone)?.collect::<rusqlite::Result<_>>()?;
+            j.phones = ph.query_map([&j.ring_id], |r| job_phone(r, 4))?.collect::<rusqlite::Result<_>>()?;
         }
         Ok(jobs)
     }
@@ -385,15 +408,20 @@ mod tests {
     fn outcomes_prune_unless_re_registered() {
         let (_d, mut s) = setup();
         let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
-        let t: Vec<String> = job.phones.iter().map(|p| p.token.clone()).collect();
         let now = crate::now_ms();
-        let batch = vec![
-            (t[0].clone(), Outcome::Delivered),
+        let outcomes = [
+            Outcome::Delivered,
             // Apple's timestamp after registration: pruned.
-            (t[1].clone(), Outcome::Prune { reason: Reason::Unregistered, since: Some(now + 60_000) }),
+            Outcome::Prune { reason: Reason::Unregistered, since: Some(now + 60_000) },
             // Apple's timestamp before the phone registered again: kept.
-            (t[2].clone(), Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) }),
+            Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) },
         ];
+        let batch: Vec<OutcomeRow> = job
+            .phones
+            .iter()
+            .zip(outcomes)
+            .map(|(p, outcome)| OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome })
+            .collect();
         assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
         let sum = s.finish_ring("r1").unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.pruned, sum.failed), (3, 1, 1, 1));

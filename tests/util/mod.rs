@@ -61,7 +61,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 dir.display()
             ),
         )
@@ -277,6 +277,7 @@ impl Observer {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(o, 1024);
+        dingdong::mqtt::client::no_delay(&mut eventloop);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, mut subscribed) = mpsc::unbounded_channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
