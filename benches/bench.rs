@@ -129,11 +129,17 @@ fn spawn_daemon_ready(cfg: &Path, dir: &Path) -> (Child, Duration) {
         .stderr(Stdio::null())
         .spawn()
         .expect("daemon starts");
+    let mut child = child;
     let mut buf = [0u8; 512];
     loop {
-        let n = sock.recv(&mut buf).expect("READY=1 in time");
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return (child, t0.elapsed());
+        match sock.recv(&mut buf) {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => return (child, t0.elapsed()),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 from the daemon: {e}");
+            }
         }
     }
 }
@@ -240,7 +246,7 @@ async fn run() {
             .lines()
             .find(|l| l.starts_with("finished in"))
             .and_then(|l| l.split(',').nth(1))
-            .and_then(|s| s.trim().split_whitespace().next())
+            .and_then(|s| s.split_whitespace().next())
             .and_then(|v| v.parse::<f64>().ok());
         match h2rate {
             Some(r) => {
