@@ -140,6 +140,18 @@ pub struct SimArgs {
     /// The bundle id named in the generated client certificate.
     #[arg(long, default_value = "com.example.doorbell")]
     pub topic: String,
+    /// Address of the legacy binary gateway (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub binary: Option<std::net::SocketAddr>,
+    /// Address of the legacy feedback service (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub feedback: Option<std::net::SocketAddr>,
+    /// The legacy gateway answers status 10 (shutdown) once, after N accepted notifications.
+    #[arg(long, value_name = "N")]
+    pub shutdown_after: Option<u64>,
+    /// The legacy gateway drops a connection once, without an answer, after N accepted.
+    #[arg(long, value_name = "N")]
+    pub drop_after: Option<u64>,
 }
 
 /// A command's failure, with its exit code.
@@ -397,8 +409,10 @@ pub async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
 }
 
 async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
-    if args.http2.is_none() {
-        return Err(CliError::input("apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443"));
+    if args.http2.is_none() && args.binary.is_none() && args.feedback.is_none() {
+        return Err(CliError::input(
+            "apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443 or --binary 127.0.0.1:2195",
+        ));
     }
     let opts = crate::apns::sim::SimOptions {
         http2: args.http2,
@@ -407,10 +421,22 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         fast: args.fast,
         max_streams: args.max_streams,
         certs: crate::apns::sim::CertOptions { topic: args.topic.clone(), expired_client_cert: false },
+        binary: args.binary,
+        feedback: args.feedback,
+        shutdown_after: args.shutdown_after,
+        drop_after: args.drop_after,
     };
     let sim = crate::apns::sim::Sim::start(opts).await.map_err(CliError::input)?;
     // One JSON line on stdout, for scripts and tests: where it listens and what it wrote.
-    println!("{}", serde_json::json!({"http2": sim.http2_addr.map(|a| a.to_string()), "credentials": sim.credentials}));
+    println!(
+        "{}",
+        serde_json::json!({
+            "http2": sim.http2_addr.map(|a| a.to_string()),
+            "binary": sim.binary_addr.map(|a| a.to_string()),
+            "feedback": sim.feedback_addr.map(|a| a.to_string()),
+            "credentials": sim.credentials,
+        })
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone()).await;
     tracing::info!(stats = %sim.state.stats(), "apns-sim stopping");

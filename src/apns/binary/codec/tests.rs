@@ -177,9 +177,8 @@ fn every_status_maps() {
 #[test]
 fn feedback_tuples_survive_any_read_boundary() {
     let mut wire = Vec::new();
-    let tuples: Vec<FeedbackTuple> = (0..5u8)
-        .map(|i| FeedbackTuple { timestamp: 1_600_000_000 + i as u32, token: vec![i; 32] })
-        .collect();
+    let tuples: Vec<FeedbackTuple> =
+        (0..5u8).map(|i| FeedbackTuple { timestamp: 1_600_000_000 + i as u32, token: vec![i; 32] }).collect();
     for t in &tuples {
         encode_feedback(t.timestamp, &t.token, &mut wire).unwrap();
     }
