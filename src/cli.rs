@@ -40,6 +40,8 @@ pub enum Command {
     Phone(PhoneCmd),
     /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
     Ring { id: String },
+    /// One poll of the legacy feedback service; prunes as `run` does.
+    Feedback,
     /// The built-in APNs simulator.
     ApnsSim(SimArgs),
 }
@@ -391,6 +393,10 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(apns_sim(args))
         }
+        Command::Feedback => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
+            rt.block_on(feedback(&cli))
+        }
         _ => admin(&cli),
     }
 }
@@ -406,6 +412,24 @@ pub async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
         _ = int.recv() => {}
     }
     stop.cancel();
+}
+
+/// `dingdong feedback`: one poll of the legacy feedback service, pruned as `run` prunes.
+pub async fn feedback(cli: &Cli) -> Result<(), CliError> {
+    use crate::apns::binary::{feedback, BinaryError};
+    let cfg = load(&cli.config_path())?;
+    cfg.check_files()?;
+    let client = feedback::FeedbackClient::from_config(&cfg.apns).map_err(CliError::input)?;
+    let store = crate::store::StoreHandle::spawn(open_store(&cfg)?);
+    let r = feedback::poll_and_prune(&client, &store).await.map_err(|e| match e {
+        BinaryError::Store(e) => CliError::input(e),
+        e => CliError::failed(e),
+    })?;
+    println!(
+        "feedback: {} tuples read, {} phones pruned, {} kept (registered again after Apple's timestamp), {} unknown, {} malformed",
+        r.read, r.pruned, r.kept, r.unknown, r.malformed
+    );
+    Ok(())
 }
 
 async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
