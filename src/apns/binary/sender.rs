@@ -288,7 +288,7 @@ impl BinarySender {
         loop {
             let mut last = false;
             while buf.len() < CHUNK && !last {
-                let n = match w.next() {
+                let n = match w.next_step() {
                     Step::Send(p) => {
                         let t = &batch.targets[batch.order[p]].token;
                         let raw = &mut token[..t.len() / 2];

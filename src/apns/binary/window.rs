@@ -7,7 +7,7 @@
 //! every position before the one it names was accepted. When the window is full or the batch
 //! is written, the writer adds the sentinel, a notification Apple is certain to reject, whose
 //! rejection proves everything before it was accepted. The I/O loop (`sender`) writes what
-//! [`Window::next`] says and feeds answers to [`Window::on_answer`] / [`Window::on_closed`].
+//! [`Window::next_step`] says and feeds answers to [`Window::on_answer`] / [`Window::on_closed`].
 
 use super::codec::Status;
 use crate::apns::{Outcome, Reason};
@@ -74,7 +74,7 @@ impl Window {
         self.end - self.base
     }
 
-    pub fn next(&mut self) -> Step {
+    pub fn next_step(&mut self) -> Step {
         if self.sentinel.is_some() {
             return Step::Wait;
         }
@@ -167,7 +167,7 @@ mod tests {
     fn write_all(w: &mut Window) -> Vec<Step> {
         let mut steps = Vec::new();
         loop {
-            let s = w.next();
+            let s = w.next_step();
             if s == Step::Wait {
                 return steps;
             }
@@ -200,7 +200,7 @@ mod tests {
             vec![(0..4, Outcome::Delivered), (4..5, Outcome::Prune { reason: Reason::BadDeviceToken, since: None })]
         );
         assert_eq!(w.unconfirmed(), 5..5);
-        assert_eq!(w.next(), Step::Send(5));
+        assert_eq!(w.next_step(), Step::Send(5));
     }
 
     #[test]
@@ -208,12 +208,12 @@ mod tests {
         let mut w = Window::new(0..10, 100, true);
         write_all(&mut w);
         assert_eq!(w.on_answer(Status::Shutdown, identifier(6)), vec![(0..7, Outcome::Delivered)]);
-        assert_eq!(w.next(), Step::Send(7));
+        assert_eq!(w.next_step(), Step::Send(7));
         // Shutdown before anything was accepted: identifier 0, nothing settled.
         let mut w = Window::new(0..10, 100, true);
         write_all(&mut w);
         assert_eq!(w.on_answer(Status::Shutdown, 0), vec![]);
-        assert_eq!(w.next(), Step::Send(0));
+        assert_eq!(w.next_step(), Step::Send(0));
     }
 
     #[test]
@@ -222,18 +222,18 @@ mod tests {
         write_all(&mut w);
         w.on_answer(Status::InvalidToken, identifier(1)); // settles 0..2
         for _ in 0..5 {
-            w.next();
+            w.next_step();
         }
         assert_eq!(w.unconfirmed(), 2..7);
         assert_eq!(w.on_closed(), vec![]);
-        assert_eq!(w.next(), Step::Send(2));
+        assert_eq!(w.next_step(), Step::Send(2));
         for _ in 0..3 {
-            w.next();
+            w.next_step();
         }
         // An identifier never written on this connection, or 0: nothing can be settled.
         assert_eq!(w.on_answer(Status::InvalidToken, identifier(9)), vec![]);
         assert_eq!(w.on_answer(Status::ProcessingError, 0), vec![]);
-        assert_eq!(w.next(), Step::Send(2));
+        assert_eq!(w.next_step(), Step::Send(2));
     }
 
     #[test]
@@ -277,7 +277,7 @@ mod tests {
 
         let mut w = Window::new(0..6, 100, false);
         for _ in 0..4 {
-            w.next();
+            w.next_step();
         }
         // A bad token somewhere in 0..4: nothing resent (it would be rejected again and
         // repeat the accepted ones), nothing pruned (we do not know which), all recorded.
@@ -285,9 +285,9 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0, 0..4);
         assert!(matches!(s[0].1, Outcome::Failed { status: 8, .. }));
-        assert_eq!(w.next(), Step::Send(4));
+        assert_eq!(w.next_step(), Step::Send(4));
         // A shutdown rejected nothing: resend (at-least-once).
         assert_eq!(w.on_answer(Status::Shutdown, 0), vec![]);
-        assert_eq!(w.next(), Step::Send(4));
+        assert_eq!(w.next_step(), Step::Send(4));
     }
 }
