@@ -133,7 +133,9 @@ fn spawn_daemon_ready(cfg: &Path, dir: &Path) -> (Child, Duration) {
     let mut buf = [0u8; 512];
     loop {
         match sock.recv(&mut buf) {
-            Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => return (child, t0.elapsed()),
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => {
+                return (child, t0.elapsed())
+            }
             Ok(_) => {}
             Err(e) => {
                 let _ = child.kill();

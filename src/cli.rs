@@ -40,6 +40,8 @@ pub enum Command {
     Phone(PhoneCmd),
     /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
     Ring { id: String },
+    /// One poll of the legacy feedback service; prunes as `run` does.
+    Feedback,
     /// The built-in APNs simulator.
     ApnsSim(SimArgs),
 }
@@ -149,9 +151,19 @@ pub struct SimArgs {
     /// Delay every answer by L milliseconds.
     #[arg(long, default_value_t = 0, value_name = "L")]
     pub latency_ms: u64,
-    /// Close a connection abruptly (no GOAWAY) after N requests.
+    /// Close a connection abruptly (no GOAWAY) after N requests; the legacy gateway drops one
+    /// connection, without an error-response, after N accepted notifications.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub drop_after: u64,
+    /// Address of the legacy binary gateway (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub binary: Option<std::net::SocketAddr>,
+    /// Address of the legacy feedback service (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub feedback: Option<std::net::SocketAddr>,
+    /// The legacy gateway answers status 10 (shutdown) once, after N accepted notifications.
+    #[arg(long, value_name = "N")]
+    pub shutdown_after: Option<u64>,
 }
 
 /// A command's failure, with its exit code.
@@ -391,6 +403,10 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(apns_sim(args))
         }
+        Command::Feedback => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
+            rt.block_on(feedback(&cli))
+        }
         _ => admin(&cli),
     }
 }
@@ -408,9 +424,29 @@ pub async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
     stop.cancel();
 }
 
+/// `dingdong feedback`: one poll of the legacy feedback service, pruned as `run` prunes.
+pub async fn feedback(cli: &Cli) -> Result<(), CliError> {
+    use crate::apns::binary::{feedback, BinaryError};
+    let cfg = load(&cli.config_path())?;
+    cfg.check_files()?;
+    let client = feedback::FeedbackClient::from_config(&cfg.apns).map_err(CliError::input)?;
+    let store = crate::store::StoreHandle::spawn(open_store(&cfg)?);
+    let r = feedback::poll_and_prune(&client, &store).await.map_err(|e| match e {
+        BinaryError::Store(e) => CliError::input(e),
+        e => CliError::failed(e),
+    })?;
+    println!(
+        "feedback: {} tuples read, {} phones pruned, {} kept (registered again after Apple's timestamp), {} unknown, {} malformed",
+        r.read, r.pruned, r.kept, r.unknown, r.malformed
+    );
+    Ok(())
+}
+
 async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
-    if args.http2.is_none() {
-        return Err(CliError::input("apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443"));
+    if args.http2.is_none() && args.binary.is_none() && args.feedback.is_none() {
+        return Err(CliError::input(
+            "apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443 or --binary 127.0.0.1:2195",
+        ));
     }
     let opts = crate::apns::sim::SimOptions {
         http2: args.http2,
@@ -425,13 +461,25 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
             latency: std::time::Duration::from_millis(args.latency_ms),
             drop_after: args.drop_after,
         },
+        binary: args.binary,
+        feedback: args.feedback,
+        shutdown_after: args.shutdown_after,
+        binary_drop_after: (args.drop_after > 0).then_some(args.drop_after),
     };
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(CliError::input("--fail-rate must be between 0 and 1"));
     }
     let sim = crate::apns::sim::Sim::start(opts).await.map_err(CliError::input)?;
     // One JSON line on stdout, for scripts and tests: where it listens and what it wrote.
-    println!("{}", serde_json::json!({"http2": sim.http2_addr.map(|a| a.to_string()), "credentials": sim.credentials}));
+    println!(
+        "{}",
+        serde_json::json!({
+            "http2": sim.http2_addr.map(|a| a.to_string()),
+            "binary": sim.binary_addr.map(|a| a.to_string()),
+            "feedback": sim.feedback_addr.map(|a| a.to_string()),
+            "credentials": sim.credentials,
+        })
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone()).await;
     tracing::info!(stats = %sim.state.stats(), "apns-sim stopping");

@@ -145,14 +145,21 @@ pub enum BinaryFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binary {
+    /// The legacy gateway, `host:port`; its certificate must match `apns.environment`.
     #[serde(default = "default_gateway")]
     pub gateway: String,
+    /// The feedback service, `host:port`.
     #[serde(default = "default_feedback")]
     pub feedback: String,
+    /// How often the daemon polls the feedback service.
     #[serde(default = "default_feedback_interval")]
     pub feedback_interval: Span,
     #[serde(default)]
     pub format: BinaryFormat,
+    /// Consecutive connection attempts that fail (or settle nothing) before the sender gives
+    /// up on the rest of a ring and hands it back to the outbox as retries.
+    #[serde(default = "default_max_reconnects")]
+    pub max_reconnects: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +199,9 @@ fn default_gateway() -> String {
 }
 fn default_feedback() -> String {
     "feedback.push.apple.com:2196".into()
+}
+fn default_max_reconnects() -> u32 {
+    10
 }
 fn default_feedback_interval() -> Span {
     Span(Duration::from_secs(12 * 3600))
@@ -385,6 +395,24 @@ impl Config {
                 "add an [apns.binary] table (its keys have defaults)",
             ));
         }
+        if let Some(b) = &self.apns.binary {
+            for (key, addr) in [("apns.binary.gateway", &b.gateway), ("apns.binary.feedback", &b.feedback)] {
+                if parse_host_port(addr).is_none() {
+                    return Err(self.err(
+                        key,
+                        format!("'{addr}' is not HOST:PORT"),
+                        "write it like \"gateway.push.apple.com:2195\"",
+                    ));
+                }
+            }
+            if b.feedback_interval.0 < Duration::from_secs(60) {
+                return Err(self.err(
+                    "apns.binary.feedback_interval",
+                    "must be at least 1m",
+                    "Apple treats frequent reconnects as an attack: \"12h\"",
+                ));
+            }
+        }
         if self.ring.expiry.0 < Duration::from_secs(1) {
             return Err(self.err(
                 "ring.expiry",
@@ -479,6 +507,16 @@ pub fn parse_mqtt_url(url: &str) -> Option<(bool, String, u16)> {
         return None;
     }
     Some((tls, host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// `(host, port)` of a `host:port` address (the legacy gateway and feedback service).
+pub fn parse_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_matches(['[', ']']);
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
 }
 
 /// `(host, port)` of an `https://host:port` endpoint.
@@ -580,5 +618,27 @@ debounce = "3s"
         assert_eq!(parse_mqtt_url("tcp://x"), None);
         assert_eq!(parse_https_endpoint("https://127.0.0.1:8443"), Some(("127.0.0.1".into(), 8443)));
         assert_eq!(parse_https_endpoint("http://x"), None);
+        assert_eq!(parse_host_port("gateway.push.apple.com:2195"), Some(("gateway.push.apple.com".into(), 2195)));
+        assert_eq!(parse_host_port("[::1]:2195"), Some(("::1".into(), 2195)));
+        assert_eq!(parse_host_port("gateway"), None);
+        assert_eq!(parse_host_port(":2195"), None);
+    }
+
+    #[test]
+    fn binary_section_defaults_and_checks() {
+        let cert = GOOD.replace(
+            "[apns.token]\nkey_file = \"AuthKey_ABCDEFGHIJ.p8\"\nkey_id = \"ABCDEFGHIJ\"\nteam_id = \"TEAM123456\"",
+            "[apns.certificate]\nfile = \"push.p12\"\npassword_file = \"push.pass\"\n[apns.binary]",
+        );
+        let c = parse(&cert.replace("\"http2\"", "\"binary\"")).unwrap();
+        let b = c.apns.binary.unwrap();
+        assert_eq!((b.max_reconnects, b.format), (10, BinaryFormat::Frame));
+        assert_eq!(b.feedback_interval.0, Duration::from_secs(12 * 3600));
+        let e = parse(&cert.replace("[apns.binary]", "[apns.binary]\ngateway = \"nowhere\"")).unwrap_err();
+        assert!(e.contains("apns.binary.gateway"), "{e}");
+        let e = parse(&cert.replace("[apns.binary]", "[apns.binary]\nfeedback_interval = \"1s\"")).unwrap_err();
+        assert!(e.contains("apns.binary.feedback_interval"), "{e}");
+        let c = parse(&cert.replace("[apns.binary]", "[apns.binary]\nmax_reconnects = 3\nformat = \"simple\""));
+        assert_eq!(c.unwrap().apns.binary.unwrap().max_reconnects, 3);
     }
 }

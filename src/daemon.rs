@@ -2,6 +2,8 @@
 //! named tasks; readiness and watchdog for systemd; shutdown with a bounded drain.
 //! Business rules live in the modules it wires.
 
+use crate::apns::binary::feedback::FeedbackClient;
+use crate::apns::binary::BinarySender;
 use crate::apns::http2::Http2Client;
 use crate::config::{Config, Transport as TransportKind};
 use crate::mqtt::sources::{self, Inbound};
@@ -28,6 +30,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("APNs client: {0}")]
     Apns(#[from] crate::apns::http2::Http2Error),
+    #[error("legacy APNs: {0}")]
+    Binary(#[from] crate::apns::binary::BinaryError),
     #[error("MQTT: {0}")]
     Mqtt(#[from] crate::mqtt::client::MqttError),
     #[error("{0}")]
@@ -38,9 +42,7 @@ pub enum DaemonError {
 pub fn transport(cfg: &Config) -> Result<Transport, DaemonError> {
     match cfg.apns.transport {
         TransportKind::Http2 => Ok(Transport::Http2(Http2Client::from_config(&cfg.apns)?)),
-        TransportKind::Binary => {
-            Err(DaemonError::Other("apns.transport = \"binary\" is not available in this build yet".into()))
-        }
+        TransportKind::Binary => Ok(Transport::Binary(BinarySender::from_config(&cfg.apns)?)),
     }
 }
 
@@ -54,6 +56,14 @@ fn subscriptions(prefix: &str) -> Vec<String> {
 pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Sender<()>>) -> Result<(), DaemonError> {
     cfg.check_files()?;
     let transport = transport(&cfg)?;
+    // The legacy transport's stale tokens also come from the feedback service.
+    let feedback = match cfg.apns.transport {
+        TransportKind::Binary => {
+            let interval = cfg.apns.binary.as_ref().map(|b| b.feedback_interval.0).unwrap_or_default();
+            Some((FeedbackClient::from_config(&cfg.apns)?, interval))
+        }
+        TransportKind::Http2 => None,
+    };
     let store = StoreHandle::spawn(Store::open(&cfg.gateway.database)?);
 
     let mut cfg = cfg;
@@ -95,6 +105,9 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
         heartbeat: heartbeat.clone(),
     };
     tracker.spawn(intake.run(inbox));
+    if let Some((client, interval)) = feedback {
+        tracker.spawn(crate::apns::binary::feedback::run_poller(client, store.clone(), interval, stop.clone()));
+    }
 
     // READY once the broker has accepted us.
     tokio::select! {

@@ -6,6 +6,7 @@
 //! so a crash leaves exactly the unanswered phones pending for the next start. Talks to no
 //! APNs server itself: a [`Transport`] does.
 
+use crate::apns::binary::BinarySender;
 use crate::apns::http2::Http2Client;
 use crate::apns::{ring_payload, Message, Outcome, Target};
 use crate::mqtt::MqttHandle;
@@ -30,6 +31,8 @@ const DETAIL_LIMIT: usize = 100;
 #[derive(Clone)]
 pub enum Transport {
     Http2(Http2Client),
+    /// The legacy binary provider protocol (`apns.transport = "binary"`).
+    Binary(BinarySender),
 }
 
 impl Transport {
@@ -37,6 +40,7 @@ impl Transport {
     pub fn stopped(&self) -> Option<crate::apns::Reason> {
         match self {
             Transport::Http2(c) => c.stopped(),
+            Transport::Binary(_) => None,
         }
     }
 
@@ -51,6 +55,7 @@ impl Transport {
     ) {
         match self {
             Transport::Http2(c) => c.send(msg, targets, out, stop).await,
+            Transport::Binary(c) => c.send(msg, targets, out).await,
         }
     }
 }

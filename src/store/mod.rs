@@ -4,6 +4,7 @@
 //! holds it across an `.await`. This module knows nothing of MQTT or APNs beyond the shared
 //! outcome vocabulary.
 
+pub mod feedback;
 pub mod handle;
 pub mod import;
 pub mod rings;

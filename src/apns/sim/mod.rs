@@ -8,7 +8,10 @@
 //! The environment of a request is read from its `:authority` (dingdong keeps Apple's host
 //! names there even when `apns.endpoint` points at the simulator), so a sandbox token sent
 //! to the production host is refused with BadDeviceToken, as Apple does.
+//!
+//! `binary` adds the legacy gateway and feedback service (see its docs).
 
+pub mod binary;
 pub mod certs;
 pub mod http2;
 
@@ -36,6 +39,14 @@ pub struct SimOptions {
     pub max_streams: u32,
     pub certs: CertOptions,
     pub faults: Faults,
+    /// Address of the legacy binary gateway.
+    pub binary: Option<SocketAddr>,
+    /// Address of the legacy feedback service.
+    pub feedback: Option<SocketAddr>,
+    /// The gateway answers status 10 once, after this many accepted notifications.
+    pub shutdown_after: Option<u64>,
+    /// The legacy gateway drops a connection once, without an answer, after this many.
+    pub binary_drop_after: Option<u64>,
 }
 
 /// Apple's bad days, on demand.
@@ -89,6 +100,8 @@ pub struct SimState {
     pub rejected: AtomicU64,
     reasons: Mutex<HashMap<String, u64>>,
     fast: bool,
+    /// What the feedback service replays next: token -> when it stopped being valid (ms).
+    feedback: Mutex<HashMap<String, i64>>,
 }
 
 impl SimState {
@@ -125,6 +138,9 @@ impl SimState {
                     w => return Err(format!("{}:{}: unknown word '{w}'", path.display(), lineno + 1)),
                 }
             }
+            if let Some(at) = info.unregistered_at {
+                self.report_feedback(&token, at);
+            }
             self.tokens.write().expect("tokens lock").insert(token, info);
             n += 1;
         }
@@ -142,6 +158,28 @@ impl SimState {
     pub fn unregister(&self, token: &str, at_ms: i64) {
         let mut t = self.tokens.write().expect("tokens lock");
         t.entry(token.to_string()).or_default().unregistered_at = Some(at_ms);
+        drop(t);
+        self.report_feedback(token, at_ms);
+    }
+
+    /// Queues a token for the feedback service (a token seen once is reported once, with its
+    /// newest timestamp).
+    pub fn report_feedback(&self, token: &str, at_ms: i64) {
+        let mut f = self.feedback.lock().expect("feedback lock");
+        let e = f.entry(token.to_string()).or_insert(at_ms);
+        *e = (*e).max(at_ms);
+    }
+
+    /// Hands over and forgets what the feedback service has to say, oldest first.
+    pub(crate) fn take_feedback(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<_> = self.feedback.lock().expect("feedback lock").drain().collect();
+        v.sort_by_key(|(_, at)| *at);
+        v
+    }
+
+    /// How many tokens the feedback service would replay now.
+    pub fn feedback_pending(&self) -> usize {
+        self.feedback.lock().expect("feedback lock").len()
     }
 
     /// Apple's verdict on a token for an environment: `Ok` or `(status, reason, timestamp)`.
@@ -206,6 +244,8 @@ impl SimState {
 /// A running simulator.
 pub struct Sim {
     pub http2_addr: Option<SocketAddr>,
+    pub binary_addr: Option<SocketAddr>,
+    pub feedback_addr: Option<SocketAddr>,
     pub state: Arc<SimState>,
     pub credentials: SimCredentials,
     pub cancel: CancellationToken,
@@ -225,12 +265,26 @@ impl Sim {
             let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1), opts.faults)?;
             http2_addr = Some(server.listen(addr, cancel.clone()).await?);
         }
+        let (mut binary_addr, mut feedback_addr) = (None, None);
+        if opts.binary.is_some() || opts.feedback.is_some() {
+            let faults =
+                binary::GatewayFaults { shutdown_after: opts.shutdown_after, drop_after: opts.binary_drop_after };
+            let server = binary::BinarySim::new(&credentials, state.clone(), faults)?;
+            if let Some(addr) = opts.binary {
+                binary_addr = Some(server.clone().listen_gateway(addr, cancel.clone()).await?);
+            }
+            if let Some(addr) = opts.feedback {
+                feedback_addr = Some(server.listen_feedback(addr, cancel.clone()).await?);
+            }
+        }
         let info = serde_json::json!({
             "http2": http2_addr.map(|a| a.to_string()),
+            "binary": binary_addr.map(|a| a.to_string()),
+            "feedback": feedback_addr.map(|a| a.to_string()),
             "credentials": credentials,
         });
         let _ = std::fs::write(opts.out_dir.join("sim.json"), serde_json::to_string_pretty(&info).unwrap_or_default());
-        Ok(Sim { http2_addr, state, credentials, cancel })
+        Ok(Sim { http2_addr, binary_addr, feedback_addr, state, credentials, cancel })
     }
 
     /// A config file for dingdong pointing at this simulator, for the demo and tests.
