@@ -83,6 +83,13 @@ pub enum DoorbellCmd {
         #[arg(long)]
         key: String,
     },
+    /// With the daemon running: bind the next press of an unknown button to doorbell ID.
+    Learn {
+        id: String,
+        /// How long to wait for the press.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +261,7 @@ pub fn admin(cli: &Cli) -> Result<(), CliError> {
             store.bind(id, source, key)?;
             println!("{source} button {key} now rings doorbell {id}");
         }
+        Command::Doorbell(DoorbellCmd::Learn { id, seconds }) => learn(&mut store, id, *seconds)?,
         Command::Share { id, user } => {
             store.share(id, user)?;
             println!("doorbell {id} shared with {user}");
@@ -335,6 +343,35 @@ fn phone(store: &mut Store, cmd: &PhoneCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `dingdong doorbell learn ID`: leaves a learn request in the database, which the running
+/// daemon fulfils with the next unknown press, and waits for it (polling the database, the
+/// one thing both processes share).
+fn learn(store: &mut Store, id: &str, seconds: u64) -> Result<(), CliError> {
+    store.request_learn(id, seconds, crate::now_ms())?;
+    println!("press the button for doorbell {id} now (waiting {seconds}s; the daemon must be running)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let result = loop {
+        if let Some(found) = store.learn_result(id)? {
+            break Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    store.end_learn(id)?;
+    match result {
+        Some((source, key)) => {
+            println!("{source} button {key} now rings doorbell {id}");
+            Ok(())
+        }
+        None => Err(CliError::failed(format!(
+            "no unknown button was pressed within {seconds}s; is `dingdong run` running and the bridge publishing? \
+             (dingdong diag lists recent unbound presses)"
+        ))),
+    }
 }
 
 /// `dingdong ring ID`: one QoS 1 press on the broker, waited for until the broker has it.

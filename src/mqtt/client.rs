@@ -241,6 +241,11 @@ impl MqttHandle {
             .map_err(|_| MqttError::Closed)
     }
 
+    /// Publishes on a topic outside `P/` (Home Assistant discovery and events).
+    pub async fn publish_topic(&self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
+        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|_| MqttError::Closed)
+    }
+
     /// Publishes a raw topic (used by `dingdong ring` to act as a bridge).
     pub async fn publish_raw(&self, topic: String, payload: Vec<u8>) -> Result<(), MqttError> {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| MqttError::Closed)

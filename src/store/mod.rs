@@ -4,6 +4,7 @@
 //! holds it across an `.await`. This module knows nothing of MQTT or APNs beyond the shared
 //! outcome vocabulary.
 
+pub mod fieldkit;
 pub mod handle;
 pub mod import;
 pub mod rings;
@@ -230,6 +231,8 @@ impl Store {
              ON CONFLICT (source, key) DO UPDATE SET doorbell_id = excluded.doorbell_id",
             params![source, key, doorbell],
         )?;
+        // Bound now: no longer an unknown button for diag.
+        self.conn.execute("DELETE FROM unknown_presses WHERE source = ?1 AND key = ?2", params![source, key])?;
         Ok(())
     }
 
