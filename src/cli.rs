@@ -42,6 +42,12 @@ pub enum Command {
     Ring { id: String },
     /// The built-in APNs simulator.
     ApnsSim(SimArgs),
+    /// The field technician's check: exit 0 all good, 1 a check failed, 2 could not run.
+    Diag {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +165,16 @@ pub struct SimArgs {
     /// Close a connection abruptly (no GOAWAY) after N requests.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub drop_after: u64,
+    /// Fault: the simulator's clock (its `date` header) is off by SECS (may be negative).
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_skew: i64,
+    /// Fault: generate an already expired client certificate (new credentials only).
+    #[arg(long)]
+    pub expired_cert: bool,
+    /// Fault: generate a development (sandbox-only) client certificate, refused on the
+    /// production host with BadCertificateEnvironment (new credentials only).
+    #[arg(long)]
+    pub sandbox_cert: bool,
 }
 
 /// A command's failure, with its exit code.
@@ -424,6 +440,23 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
             rt.block_on(ring(&cli, id))
         }
+        Command::Diag { json } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
+            let report = rt.block_on(crate::diag::run(&cli.config_path()));
+            if *json {
+                print_json(&report);
+            } else {
+                print!("{}", report.render());
+            }
+            match report.exit_code() {
+                0 => Ok(()),
+                code => Err(CliError {
+                    code,
+                    message: if code == 2 { "diag could not run: no usable config" } else { "diag: a check failed" }
+                        .into(),
+                }),
+            }
+        }
         Command::ApnsSim(args) => {
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(apns_sim(args))
@@ -455,13 +488,18 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         tokens: args.tokens.clone(),
         fast: args.fast,
         max_streams: args.max_streams,
-        certs: crate::apns::sim::CertOptions { topic: args.topic.clone(), expired_client_cert: false },
+        certs: crate::apns::sim::CertOptions {
+            topic: args.topic.clone(),
+            expired_client_cert: args.expired_cert,
+            sandbox_client_cert: args.sandbox_cert,
+        },
         faults: crate::apns::sim::Faults {
             fail_rate: args.fail_rate,
             goaway_after: args.goaway_after,
             latency: std::time::Duration::from_millis(args.latency_ms),
             drop_after: args.drop_after,
         },
+        clock_skew_secs: args.clock_skew,
     };
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(CliError::input("--fail-rate must be between 0 and 1"));

@@ -5,6 +5,7 @@
 //! types so `outbox` and `store` never care which transport ran.
 
 pub mod auth;
+pub mod certinfo;
 pub mod http2;
 pub mod sim;
 pub mod tls;

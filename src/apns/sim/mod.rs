@@ -36,6 +36,9 @@ pub struct SimOptions {
     pub max_streams: u32,
     pub certs: CertOptions,
     pub faults: Faults,
+    /// Seconds added to the simulator's clock (its `date` header and JWT age checks): the
+    /// clock-skew fault for diag tests.
+    pub clock_skew_secs: i64,
 }
 
 /// Apple's bad days, on demand.
@@ -216,7 +219,13 @@ impl Sim {
         let cancel = CancellationToken::new();
         let mut http2_addr = None;
         if let Some(addr) = opts.http2 {
-            let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1), opts.faults)?;
+            let server = http2::Http2Sim::new(
+                &credentials,
+                state.clone(),
+                opts.max_streams.max(1),
+                opts.faults,
+                opts.clock_skew_secs,
+            )?;
             http2_addr = Some(server.listen(addr, cancel.clone()).await?);
         }
         let info = serde_json::json!({
