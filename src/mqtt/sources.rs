@@ -226,10 +226,7 @@ mod tests {
     }
 
     fn key(topic: &str, payload: &str) -> Option<ButtonPress> {
-        match decode(P, topic, payload.as_bytes()).unwrap() {
-            Some(Inbound::Press(p)) => Some(p),
-            None => None,
-        }
+        decode(P, topic, payload.as_bytes()).unwrap().map(|Inbound::Press(p)| p)
     }
 
     #[test]
