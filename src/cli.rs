@@ -44,6 +44,12 @@ pub enum Command {
     Feedback,
     /// The built-in APNs simulator.
     ApnsSim(SimArgs),
+    /// The field technician's check: exit 0 all good, 1 a check failed, 2 could not run.
+    Diag {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +90,13 @@ pub enum DoorbellCmd {
         source: String,
         #[arg(long)]
         key: String,
+    },
+    /// With the daemon running: bind the next press of an unknown button to doorbell ID.
+    Learn {
+        id: String,
+        /// How long to wait for the press.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
     },
 }
 
@@ -164,6 +177,16 @@ pub struct SimArgs {
     /// The legacy gateway answers status 10 (shutdown) once, after N accepted notifications.
     #[arg(long, value_name = "N")]
     pub shutdown_after: Option<u64>,
+    /// Fault: the simulator's clock (its `date` header) is off by SECS (may be negative).
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_skew: i64,
+    /// Fault: generate an already expired client certificate (new credentials only).
+    #[arg(long)]
+    pub expired_cert: bool,
+    /// Fault: generate a development (sandbox-only) client certificate, refused on the
+    /// production host with BadCertificateEnvironment (new credentials only).
+    #[arg(long)]
+    pub sandbox_cert: bool,
 }
 
 /// A command's failure, with its exit code.
@@ -266,6 +289,7 @@ pub fn admin(cli: &Cli) -> Result<(), CliError> {
             store.bind(id, source, key)?;
             println!("{source} button {key} now rings doorbell {id}");
         }
+        Command::Doorbell(DoorbellCmd::Learn { id, seconds }) => learn(&mut store, id, *seconds)?,
         Command::Share { id, user } => {
             store.share(id, user)?;
             println!("doorbell {id} shared with {user}");
@@ -349,6 +373,35 @@ fn phone(store: &mut Store, cmd: &PhoneCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `dingdong doorbell learn ID`: leaves a learn request in the database, which the running
+/// daemon fulfils with the next unknown press, and waits for it (polling the database, the
+/// one thing both processes share).
+fn learn(store: &mut Store, id: &str, seconds: u64) -> Result<(), CliError> {
+    store.request_learn(id, seconds, crate::now_ms())?;
+    println!("press the button for doorbell {id} now (waiting {seconds}s; the daemon must be running)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let result = loop {
+        if let Some(found) = store.learn_result(id)? {
+            break Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    store.end_learn(id)?;
+    match result {
+        Some((source, key)) => {
+            println!("{source} button {key} now rings doorbell {id}");
+            Ok(())
+        }
+        None => Err(CliError::failed(format!(
+            "no unknown button was pressed within {seconds}s; is `dingdong run` running and the bridge publishing? \
+             (dingdong diag lists recent unbound presses)"
+        ))),
+    }
+}
+
 /// `dingdong ring ID`: one QoS 1 press on the broker, waited for until the broker has it.
 pub async fn ring(cli: &Cli, id: &str) -> Result<(), CliError> {
     let cfg = load(&cli.config_path())?;
@@ -398,6 +451,23 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Ring { id } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
             rt.block_on(ring(&cli, id))
+        }
+        Command::Diag { json } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::failed)?;
+            let report = rt.block_on(crate::diag::run(&cli.config_path()));
+            if *json {
+                print_json(&report);
+            } else {
+                print!("{}", report.render());
+            }
+            match report.exit_code() {
+                0 => Ok(()),
+                code => Err(CliError {
+                    code,
+                    message: if code == 2 { "diag could not run: no usable config" } else { "diag: a check failed" }
+                        .into(),
+                }),
+            }
         }
         Command::ApnsSim(args) => {
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
@@ -454,7 +524,11 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         tokens: args.tokens.clone(),
         fast: args.fast,
         max_streams: args.max_streams,
-        certs: crate::apns::sim::CertOptions { topic: args.topic.clone(), expired_client_cert: false },
+        certs: crate::apns::sim::CertOptions {
+            topic: args.topic.clone(),
+            expired_client_cert: args.expired_cert,
+            sandbox_client_cert: args.sandbox_cert,
+        },
         faults: crate::apns::sim::Faults {
             fail_rate: args.fail_rate,
             goaway_after: args.goaway_after,
@@ -465,6 +539,7 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         feedback: args.feedback,
         shutdown_after: args.shutdown_after,
         binary_drop_after: (args.drop_after > 0).then_some(args.drop_after),
+        clock_skew_secs: args.clock_skew,
     };
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(CliError::input("--fail-rate must be between 0 and 1"));

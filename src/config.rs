@@ -47,6 +47,8 @@ pub struct Config {
     pub apns: Apns,
     #[serde(default)]
     pub ring: Ring,
+    #[serde(default)]
+    pub homeassistant: HomeAssistant,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -174,6 +176,31 @@ pub struct Ring {
     /// The `sound` of the notification.
     #[serde(default = "default_sound")]
     pub sound: String,
+}
+
+/// Home Assistant MQTT discovery: each doorbell becomes an `event` entity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistant {
+    /// Publish discovery and ring events; harmless (a few retained messages) without HA.
+    #[serde(default = "default_true")]
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix; its birth message is `<prefix>/status`.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistant {
+    fn default() -> Self {
+        HomeAssistant { discovery: true, discovery_prefix: default_discovery_prefix() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
 }
 
 impl Default for Ring {
@@ -412,6 +439,14 @@ impl Config {
                     "Apple treats frequent reconnects as an attack: \"12h\"",
                 ));
             }
+        }
+        let hp = &self.homeassistant.discovery_prefix;
+        if hp.is_empty() || hp.contains(['+', '#']) || hp.starts_with('/') || hp.ends_with('/') {
+            return Err(self.err(
+                "homeassistant.discovery_prefix",
+                format!("'{hp}' is not a usable topic prefix"),
+                "leave it out to use \"homeassistant\"",
+            ));
         }
         if self.ring.expiry.0 < Duration::from_secs(1) {
             return Err(self.err(

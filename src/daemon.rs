@@ -6,6 +6,7 @@ use crate::apns::binary::feedback::FeedbackClient;
 use crate::apns::binary::BinarySender;
 use crate::apns::http2::Http2Client;
 use crate::config::{Config, Transport as TransportKind};
+use crate::homeassistant as ha;
 use crate::mqtt::sources::{self, Inbound};
 use crate::mqtt::{Incoming, MqttHandle, MqttSettings};
 use crate::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
@@ -46,9 +47,15 @@ pub fn transport(cfg: &Config) -> Result<Transport, DaemonError> {
     }
 }
 
-/// The topics the daemon listens to.
-fn subscriptions(prefix: &str) -> Vec<String> {
-    vec![format!("{prefix}/button/+/press")]
+/// The topics the daemon listens to: its own button topic, the radio bridges' topics, and
+/// Home Assistant's birth message when discovery is on.
+pub fn subscriptions(cfg: &Config) -> Vec<String> {
+    let mut subs = vec![format!("{}/button/+/press", cfg.mqtt.topic_prefix)];
+    subs.extend(sources::BRIDGE_TOPICS.iter().map(|t| t.to_string()));
+    if cfg.homeassistant.discovery {
+        subs.push(ha::status_topic(&cfg.homeassistant.discovery_prefix));
+    }
+    subs
 }
 
 /// Runs until `stop` is cancelled. `ready` fires once the database is migrated and the broker
@@ -75,7 +82,7 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
     // Ring deliveries, tracked apart so shutdown can wait for exactly them.
     let deliveries = TaskTracker::new();
     let mqtt_stop = CancellationToken::new();
-    let settings = MqttSettings::from_config(&cfg, subscriptions(&cfg.mqtt.topic_prefix))?;
+    let settings = MqttSettings::from_config(&cfg, subscriptions(&cfg))?;
     let (mqtt, inbox, mut connected) = crate::mqtt::client::start(settings, &tracker, mqtt_stop.clone());
 
     let outbox = Outbox::new(
@@ -97,6 +104,13 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
 
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
+        store: store.clone(),
+        ha: cfg.homeassistant.discovery.then(|| HaSettings {
+            discovery_prefix: cfg.homeassistant.discovery_prefix.clone(),
+            status_topic: ha::status_topic(&cfg.homeassistant.discovery_prefix),
+            gateway: cfg.gateway.id.clone(),
+            announced: Default::default(),
+        }),
         ringer,
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -104,16 +118,18 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
         stop: stop.clone(),
         heartbeat: heartbeat.clone(),
     };
-    tracker.spawn(intake.run(inbox));
     if let Some((client, interval)) = feedback {
         tracker.spawn(crate::apns::binary::feedback::run_poller(client, store.clone(), interval, stop.clone()));
     }
 
-    // READY once the broker has accepted us.
+    // READY once the broker has accepted us (the database was migrated by Store::open).
     tokio::select! {
         r = connected.wait_for(|c| *c) => { r.map_err(|_| DaemonError::Other("MQTT client stopped before connecting".into()))?; }
         _ = stop.cancelled() => {}
     }
+    intake.announce_all().await;
+    tracker.spawn(intake.run(inbox));
+
     info!(gateway = %cfg.gateway.id, database = %cfg.gateway.database.display(), "dingdong ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     if let Some(r) = ready {
@@ -180,9 +196,20 @@ async fn watchdog(heartbeat: Arc<AtomicI64>, stop: CancellationToken) {
     }
 }
 
+/// Home Assistant discovery state of the intake.
+struct HaSettings {
+    discovery_prefix: String,
+    status_topic: String,
+    gateway: String,
+    /// Doorbells announced since start; a doorbell added later is announced at its first ring.
+    announced: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
 /// The task that turns MQTT messages into rings.
 struct Intake {
     prefix: String,
+    store: StoreHandle,
+    ha: Option<HaSettings>,
     ringer: Ringer,
     outbox: Outbox,
     mqtt: MqttHandle,
@@ -228,8 +255,56 @@ impl Intake {
         }
     }
 
+    /// Publishes the discovery config of every doorbell (retained).
+    async fn announce_all(&self) {
+        if self.ha.is_none() {
+            return;
+        }
+        match self.store.run(|s| s.list_doorbells()).await {
+            Ok(bells) => {
+                for d in &bells {
+                    self.announce(&d.id, &d.name).await;
+                }
+                debug!(doorbells = bells.len(), "Home Assistant discovery published");
+            }
+            Err(e) => warn!(error = %e, "cannot list doorbells for Home Assistant discovery"),
+        }
+    }
+
+    async fn announce(&self, id: &str, name: &str) {
+        let Some(ha) = &self.ha else { return };
+        let (topic, payload) = ha::discovery(&ha.discovery_prefix, &self.prefix, &ha.gateway, id, name);
+        if let Err(e) = self.mqtt.publish_topic(topic, payload.into_bytes(), true).await {
+            warn!(error = %e, doorbell = %id, "cannot publish Home Assistant discovery");
+        }
+        ha.announced.lock().expect("announced lock").insert(id.to_string());
+    }
+
+    /// Publishes the ring event on the doorbell's entity, announcing the entity first if new.
+    async fn ring_event(&self, job: &crate::store::rings::RingJob) {
+        let Some(ha) = &self.ha else { return };
+        let known = ha.announced.lock().expect("announced lock").contains(&job.doorbell_id);
+        if !known {
+            self.announce(&job.doorbell_id, &job.doorbell_name).await;
+        }
+        let payload = ha::ring_event(&job.ring_id, &job.doorbell_id, job.pressed_at);
+        if let Err(e) =
+            self.mqtt.publish_topic(ha::event_topic(&self.prefix, &job.doorbell_id), payload.into_bytes(), false).await
+        {
+            warn!(error = %e, ring = %job.ring_id, "cannot publish the Home Assistant ring event");
+        }
+    }
+
     async fn on_message(&self, m: Incoming) {
         let received_at = crate::now_ms();
+        if self.ha.as_ref().is_some_and(|h| h.status_topic == m.topic) {
+            if ha::is_online(&m.payload) {
+                info!("Home Assistant is online: publishing discovery");
+                self.announce_all().await;
+            }
+            self.mqtt.ack(&m.publish).await;
+            return;
+        }
         let press = match sources::decode(&self.prefix, &m.topic, &m.payload) {
             Ok(Some(Inbound::Press(p))) => p,
             Ok(None) => {
@@ -250,8 +325,9 @@ impl Intake {
                 self.mqtt.ack(&m.publish).await;
                 match result {
                     PressResult::Ring(job) => {
-                        let (outbox, stop) = (self.outbox.clone(), self.stop.clone());
+                        let (outbox, stop, for_ha) = (self.outbox.clone(), self.stop.clone(), job.clone());
                         self.deliveries.spawn(async move { outbox.deliver(job, stop).await });
+                        self.ring_event(&for_ha).await;
                     }
                     PressResult::Expired(ring_id) => self.outbox.report_expired(&ring_id).await,
                     _ => {}

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod diag;
+pub mod homeassistant;
 pub mod mqtt;
 pub mod outbox;
 pub mod ring;

@@ -3,6 +3,7 @@
 //! Sends nothing itself.
 
 use crate::mqtt::sources::ButtonPress;
+use crate::store::fieldkit::Unbound;
 use crate::store::rings::{Press, RingJob, RingStart};
 use crate::store::{StoreError, StoreHandle};
 use serde::Serialize;
@@ -64,10 +65,22 @@ impl Ringer {
         self.stats.presses.fetch_add(1, Ordering::Relaxed);
         let (source, key) = (press.source.as_str(), press.key.clone());
         let found = self.store.run(move |s| s.resolve_button(source, &key)).await?;
-        let Some((doorbell_id, doorbell_name)) = found else {
-            self.stats.unknown_buttons.fetch_add(1, Ordering::Relaxed);
-            warn!(topic, source, "press of a button bound to no doorbell: ignored");
-            return Ok(PressResult::UnknownButton);
+        let (doorbell_id, doorbell_name) = match found {
+            Some(found) => found,
+            None => {
+                let (key, t) = (press.key.clone(), topic.to_string());
+                match self.store.run(move |s| s.unbound_press(source, &key, &t, received_at)).await? {
+                    Unbound::Learned(id, name) => {
+                        info!(source, key = %press.key, doorbell = %id, "learnt: button bound to the doorbell");
+                        (id, name)
+                    }
+                    Unbound::Recorded => {
+                        self.stats.unknown_buttons.fetch_add(1, Ordering::Relaxed);
+                        warn!(topic, source, key = %press.key, "press of a button bound to no doorbell: ignored");
+                        return Ok(PressResult::UnknownButton);
+                    }
+                }
+            }
         };
         let id = ring_id(&doorbell_id, press.at);
         let (expiry_ms, debounce_ms) = (self.expiry.as_millis() as i64, self.debounce.as_millis() as i64);
@@ -125,5 +138,38 @@ mod tests {
         assert_ne!(ring_id("front", Some(1)), ring_id("back", Some(1)));
         assert_ne!(ring_id("front", None), ring_id("front", None));
         assert_eq!(ring_id("front", Some(1)).len(), 16);
+    }
+
+    /// Radio bridges repeat a code several times per press, with no time or with slightly
+    /// different times: every repeat inside the debounce window folds into one ring.
+    #[tokio::test]
+    async fn bridge_repeats_fold_with_or_without_at() {
+        use crate::mqtt::sources::Source;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::store::Store::open(&dir.path().join("d.db")).unwrap();
+        s.add_user("o").unwrap();
+        s.add_doorbell("front", None, "o").unwrap();
+        s.bind("front", "rtl_433", "Generic-Remote/1234/42").unwrap();
+        let ringer = Ringer::new(
+            StoreHandle::spawn(s),
+            Duration::from_secs(300),
+            Duration::from_secs(3),
+            Arc::new(IntakeStats::default()),
+        );
+        let press = |at: Option<i64>| ButtonPress { source: Source::Rtl433, key: "Generic-Remote/1234/42".into(), at };
+        let now = crate::now_ms();
+        let mut results = vec![];
+        for (at, received) in [(None, now), (None, now + 40), (Some(now + 90), now + 100), (Some(now + 150), now + 160)]
+        {
+            results.push(ringer.press(press(at), "rtl_433/gw/events", received).await.unwrap());
+        }
+        assert!(matches!(results[0], PressResult::Ring(_)), "{results:?}");
+        assert!(results[1..].iter().all(|r| matches!(r, PressResult::Folded(_))), "{results:?}");
+        // After the window, the button rings again.
+        let later = ringer.press(press(None), "rtl_433/gw/events", now + 3_500).await.unwrap();
+        assert!(matches!(later, PressResult::Ring(_)), "{later:?}");
+        // An unbound code rings nothing.
+        let other = ButtonPress { source: Source::Rtl433, key: "Quhwa/1".into(), at: None };
+        assert!(matches!(ringer.press(other, "rtl_433/gw/events", now).await.unwrap(), PressResult::UnknownButton));
     }
 }

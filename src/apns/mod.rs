@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod binary;
+pub mod certinfo;
 pub mod http2;
 pub mod sim;
 pub mod tls;

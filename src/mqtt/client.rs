@@ -250,6 +250,11 @@ impl MqttHandle {
             .map_err(|_| MqttError::Closed)
     }
 
+    /// Publishes on a topic outside `P/` (Home Assistant discovery and events).
+    pub async fn publish_topic(&self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
+        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|_| MqttError::Closed)
+    }
+
     /// Publishes a raw topic (used by `dingdong ring` to act as a bridge).
     pub async fn publish_raw(&self, topic: String, payload: Vec<u8>) -> Result<(), MqttError> {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| MqttError::Closed)
@@ -288,4 +293,56 @@ pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8
     tokio::time::timeout(Duration::from_secs(10), done)
         .await
         .map_err(|_| format!("broker {broker} did not acknowledge the press within 10s"))?
+}
+
+/// What diag's broker check learnt.
+#[derive(Debug, Clone)]
+pub struct RoundTrip {
+    /// From CONNECT to CONNACK.
+    pub connect_ms: f64,
+    /// From PUBLISH to receiving it back on our own subscription.
+    pub round_trip_ms: f64,
+    /// The daemon's retained `P/status`, if the broker holds one.
+    pub status: Option<serde_json::Value>,
+}
+
+/// Connects with `settings` (diag's own client id, clean session, no will), subscribes to a
+/// private topic and to `P/status`, publishes once and waits for the message to come back.
+pub async fn round_trip(settings: MqttSettings, timeout: Duration) -> Result<RoundTrip, String> {
+    let broker = format!("{}:{}", settings.host, settings.port);
+    let mut opts = settings.options();
+    opts.set_manual_acks(false);
+    let (client, mut eventloop) = AsyncClient::new(opts, 8);
+    let probe = format!("{}/diag/{}", settings.prefix, settings.client_id);
+    let status_topic = format!("{}/status", settings.prefix);
+    let t0 = std::time::Instant::now();
+    let work = async {
+        let (mut connect_ms, mut sent_at, mut status) = (0.0, None, None);
+        loop {
+            match eventloop.poll().await.map_err(|e| format!("broker {broker}: {e}"))? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    let filters =
+                        [&status_topic, &probe].map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+                    client.try_subscribe_many(filters).map_err(|e| e.to_string())?;
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    sent_at = Some(std::time::Instant::now());
+                    client.try_publish(probe.clone(), QoS::AtMostOnce, false, "diag").map_err(|e| e.to_string())?;
+                }
+                Event::Incoming(Packet::Publish(p)) if p.topic == status_topic => {
+                    status = serde_json::from_slice(&p.payload).ok();
+                }
+                Event::Incoming(Packet::Publish(p)) if p.topic == probe => {
+                    let round_trip_ms = sent_at.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+                    let _ = client.try_disconnect();
+                    return Ok(RoundTrip { connect_ms, round_trip_ms, status });
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("broker {broker}: no round trip within {}s", timeout.as_secs()))?
 }

@@ -5,6 +5,7 @@
 //! outcome vocabulary.
 
 pub mod feedback;
+pub mod fieldkit;
 pub mod handle;
 pub mod import;
 pub mod rings;
@@ -231,6 +232,8 @@ impl Store {
              ON CONFLICT (source, key) DO UPDATE SET doorbell_id = excluded.doorbell_id",
             params![source, key, doorbell],
         )?;
+        // Bound now: no longer an unknown button for diag.
+        self.conn.execute("DELETE FROM unknown_presses WHERE source = ?1 AND key = ?2", params![source, key])?;
         Ok(())
     }
 

@@ -73,6 +73,27 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ring_id, seq)
     ) WITHOUT ROWID;
     "#,
+    // 2 (field kit): presses of buttons bound to nothing, one row per button, for diag and
+    // `doorbell learn`; and learn requests, which the daemon fulfils with the next such press.
+    r#"
+    CREATE TABLE unknown_presses (
+        source      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        topic       TEXT NOT NULL,
+        first_seen  INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL,
+        presses     INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (source, key)
+    );
+    CREATE INDEX unknown_presses_seen ON unknown_presses(last_seen);
+    CREATE TABLE learn_requests (
+        doorbell_id   TEXT PRIMARY KEY REFERENCES doorbells(id) ON DELETE CASCADE,
+        requested_at  INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        learned_source TEXT,
+        learned_key   TEXT
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {

@@ -107,7 +107,7 @@ pub async fn start_sim_with(dir: &Path, faults: Faults, max_streams: u32) -> Sim
         http2: Some(([127, 0, 0, 1], 0).into()),
         out_dir: dir.join("apns-sim"),
         max_streams,
-        certs: CertOptions { topic: TOPIC.into(), expired_client_cert: false },
+        certs: CertOptions { topic: TOPIC.into(), ..Default::default() },
         faults,
         ..Default::default()
     })

@@ -23,12 +23,15 @@ pub struct SimCredentials {
     pub team_id: String,
 }
 
-/// Creation options: the bundle id named in the client certificate, and whether that
-/// certificate is already expired (for diag tests).
+/// Creation options: the bundle id named in the client certificate, and faults for diag
+/// tests: an already expired certificate, or a development (sandbox-only) certificate.
 #[derive(Debug, Clone, Default)]
 pub struct CertOptions {
     pub topic: String,
     pub expired_client_cert: bool,
+    /// Name the client certificate "Apple Development IOS Push Services: <topic>", which the
+    /// simulator (like Apple) refuses on the production host with BadCertificateEnvironment.
+    pub sandbox_client_cert: bool,
 }
 
 fn random_id(rng: &mut impl Rng) -> String {
@@ -106,7 +109,8 @@ impl SimCredentials {
         let client_key = KeyPair::generate()?;
         let mut client_params = CertificateParams::new(Vec::<String>::new())?;
         let topic = if opts.topic.is_empty() { "com.example.doorbell" } else { &opts.topic };
-        client_params.distinguished_name.push(DnType::CommonName, format!("Apple Push Services: {topic}"));
+        let kind = if opts.sandbox_client_cert { "Apple Development IOS Push Services" } else { "Apple Push Services" };
+        client_params.distinguished_name.push(DnType::CommonName, format!("{kind}: {topic}"));
         client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if opts.expired_client_cert {
             client_params.not_before = rcgen::date_time_ymd(2020, 1, 1);

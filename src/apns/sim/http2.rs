@@ -36,6 +36,8 @@ pub struct Http2Sim {
     team_id: String,
     max_streams: u32,
     faults: Faults,
+    /// Seconds the simulator's clock is off (a diag fault).
+    clock_skew_secs: i64,
     /// Verified JWTs, so each distinct token costs one ECDSA verification (as at Apple).
     jwts: Mutex<HashMap<String, Result<i64, &'static str>>>,
 }
@@ -49,6 +51,7 @@ impl Http2Sim {
         state: Arc<SimState>,
         max_streams: u32,
         faults: Faults,
+        clock_skew_secs: i64,
     ) -> Result<Arc<Http2Sim>, String> {
         let provider = crate::apns::tls::provider();
         let chain = crate::apns::tls::read_pem_certs(&creds.server_cert).map_err(|e| e.to_string())?;
@@ -78,6 +81,7 @@ impl Http2Sim {
             team_id: creds.team_id.clone(),
             max_streams,
             faults,
+            clock_skew_secs,
             jwts: Mutex::new(HashMap::new()),
         }))
     }
@@ -114,7 +118,9 @@ impl Http2Sim {
     async fn serve(self: Arc<Self>, tcp: TcpStream) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
         let tls = self.acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-        let cert_auth = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+        let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        // None: token auth; Some(None): a certificate good for both environments.
+        let cert_env = peer.map(|c| crate::apns::certinfo::parse(c).ok().and_then(|i| i.environment));
         let mut conn = h2::server::Builder::new()
             .max_concurrent_streams(self.max_streams)
             .initial_window_size(1 << 20)
@@ -130,7 +136,7 @@ impl Http2Sim {
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         requests += 1;
-                        streams.push(self.handle(req, respond, cert_auth));
+                        streams.push(self.handle(req, respond, cert_env));
                         if self.faults.goaway_after > 0 && requests % self.faults.goaway_after == 0 {
                             // As Apple does: accepted streams are still answered, later ones refused.
                             conn.graceful_shutdown();
@@ -150,7 +156,21 @@ impl Http2Sim {
         Ok(())
     }
 
-    async fn handle(&self, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, cert_auth: bool) {
+    /// The simulator's clock, skewed as asked.
+    fn now_ms(&self) -> i64 {
+        crate::now_ms() + self.clock_skew_secs * 1000
+    }
+
+    async fn handle(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        cert_env: Option<Option<Environment>>,
+    ) {
+        let cert_auth = cert_env.is_some();
+        let date = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.now_ms().max(0) as u64),
+        );
         let (parts, mut body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if parts.method == http::Method::GET && path.starts_with("/sim/") {
@@ -159,7 +179,7 @@ impl Http2Sim {
                 "/sim/received" => serde_json::to_value(self.state.received()).unwrap_or_default(),
                 _ => serde_json::json!({"reason": "BadPath"}),
             };
-            reply(&mut respond, 200, None, Some(json.to_string().into()));
+            reply(&mut respond, 200, None, &date, Some(json.to_string().into()));
             return;
         }
         let mut payload = Vec::new();
@@ -189,7 +209,7 @@ impl Http2Sim {
                 Err((503, "ServiceUnavailable", None))
             }
         } else {
-            self.check(&parts, &path, &payload, too_large, cert_auth)
+            self.check(&parts, &path, &payload, too_large, cert_env)
         };
         match verdict {
             Ok((token, env)) => {
@@ -206,7 +226,7 @@ impl Http2Sim {
                     payload: serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
                     at_us: crate::now_us(),
                 });
-                reply(&mut respond, 200, Some(&apns_id), None);
+                reply(&mut respond, 200, Some(&apns_id), &date, None);
             }
             Err((status, reason, ts)) => {
                 self.state.record_reject(reason);
@@ -214,7 +234,7 @@ impl Http2Sim {
                     Some(t) => serde_json::json!({"reason": reason, "timestamp": t}),
                     None => serde_json::json!({"reason": reason}),
                 };
-                reply(&mut respond, status, Some(&apns_id), Some(body.to_string().into()));
+                reply(&mut respond, status, Some(&apns_id), &date, Some(body.to_string().into()));
             }
         }
     }
@@ -226,8 +246,9 @@ impl Http2Sim {
         path: &str,
         payload: &[u8],
         too_large: bool,
-        cert_auth: bool,
+        cert_env: Option<Option<Environment>>,
     ) -> Result<(String, Environment), Refusal> {
+        let cert_auth = cert_env.is_some();
         if parts.method != http::Method::POST {
             return Err((405, "MethodNotAllowed", None));
         }
@@ -251,8 +272,12 @@ impl Http2Sim {
                 return Err((400, "DuplicateHeaders", None));
             }
         }
-        if !cert_auth {
-            self.check_jwt(h)?;
+        let authority = parts.uri.authority().map(|a| a.host()).unwrap_or("");
+        let env = if authority.contains("sandbox") { Environment::Sandbox } else { Environment::Production };
+        match cert_env {
+            None => self.check_jwt(h)?,
+            Some(Some(cert)) if cert != env => return Err((403, "BadCertificateEnvironment", None)),
+            Some(_) => {}
         }
         let topic = header(h, "apns-topic");
         if topic.is_none() && !cert_auth {
@@ -286,11 +311,10 @@ impl Http2Sim {
             return Err((400, "PayloadEmpty", None));
         }
         let token = token.to_ascii_lowercase();
-        if crate::apns::normalize_token(&token).as_deref() != Ok(token.as_str()) {
+        // An all-zero token is never issued: diag's deliberately invalid probe token.
+        if crate::apns::normalize_token(&token).as_deref() != Ok(token.as_str()) || token.bytes().all(|b| b == b'0') {
             return Err((400, "BadDeviceToken", None));
         }
-        let authority = parts.uri.authority().map(|a| a.host()).unwrap_or("");
-        let env = if authority.contains("sandbox") { Environment::Sandbox } else { Environment::Production };
         self.state.judge_token(&token, env)?;
         Ok((token, env))
     }
@@ -321,7 +345,7 @@ impl Http2Sim {
         };
         match verdict {
             Err(reason) => Err((403, reason, None)),
-            Ok(iat) if crate::now_ms() / 1000 - iat > JWT_MAX_AGE_SECS => Err((403, "ExpiredProviderToken", None)),
+            Ok(iat) if self.now_ms() / 1000 - iat > JWT_MAX_AGE_SECS => Err((403, "ExpiredProviderToken", None)),
             Ok(_) => Ok(()),
         }
     }
@@ -331,9 +355,10 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn reply(respond: &mut SendResponse<Bytes>, status: u16, apns_id: Option<&str>, body: Option<Bytes>) {
-    let mut resp =
-        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+fn reply(respond: &mut SendResponse<Bytes>, status: u16, apns_id: Option<&str>, date: &str, body: Option<Bytes>) {
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("date", date);
     if let Some(id) = apns_id {
         resp = resp.header("apns-id", id);
     }

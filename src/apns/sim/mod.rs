@@ -47,6 +47,9 @@ pub struct SimOptions {
     pub shutdown_after: Option<u64>,
     /// The legacy gateway drops a connection once, without an answer, after this many.
     pub binary_drop_after: Option<u64>,
+    /// Seconds added to the simulator's clock (its `date` header and JWT age checks): the
+    /// clock-skew fault for diag tests.
+    pub clock_skew_secs: i64,
 }
 
 /// Apple's bad days, on demand.
@@ -262,7 +265,13 @@ impl Sim {
         let cancel = CancellationToken::new();
         let mut http2_addr = None;
         if let Some(addr) = opts.http2 {
-            let server = http2::Http2Sim::new(&credentials, state.clone(), opts.max_streams.max(1), opts.faults)?;
+            let server = http2::Http2Sim::new(
+                &credentials,
+                state.clone(),
+                opts.max_streams.max(1),
+                opts.faults,
+                opts.clock_skew_secs,
+            )?;
             http2_addr = Some(server.listen(addr, cancel.clone()).await?);
         }
         let (mut binary_addr, mut feedback_addr) = (None, None);
