@@ -45,8 +45,8 @@ pub struct JwtMinter {
     key: SigningKey,
     key_id: String,
     team_id: String,
-    /// `(iat seconds, "bearer <jwt>")`, rebuilt only when stale.
-    current: Mutex<Option<(u64, Arc<str>)>>,
+    /// `(iat seconds, "bearer <jwt>", the same as a header value)`, rebuilt only when stale.
+    current: Mutex<Option<(u64, Arc<str>, http::HeaderValue)>>,
     /// The clock, in UNIX seconds; replaceable so the refresh rules are testable.
     clock: fn() -> u64,
 }
@@ -85,16 +85,28 @@ impl JwtMinter {
 
     /// The `authorization` header value, minting a new JWT when the cached one is 50 minutes old.
     pub fn bearer(&self) -> Arc<str> {
+        self.bearer_header().0
+    }
+
+    /// The `authorization` value and the same as a ready header: a request reuses it
+    /// instead of validating 250 bytes again.
+    pub fn bearer_header(&self) -> (Arc<str>, http::HeaderValue) {
         let now = (self.clock)();
         let mut cur = self.current.lock().expect("jwt lock");
         match &*cur {
-            Some((iat, v)) if now.saturating_sub(*iat) < JWT_REFRESH_AFTER.as_secs() => v.clone(),
+            Some((iat, v, h)) if now.saturating_sub(*iat) < JWT_REFRESH_AFTER.as_secs() => (v.clone(), h.clone()),
             _ => {
-                let v: Arc<str> = format!("bearer {}", self.mint(now)).into();
-                *cur = Some((now, v.clone()));
-                v
+                let entry = self.entry(now);
+                *cur = Some(entry.clone());
+                (entry.1, entry.2)
             }
         }
+    }
+
+    fn entry(&self, now: u64) -> (u64, Arc<str>, http::HeaderValue) {
+        let v: Arc<str> = format!("bearer {}", self.mint(now)).into();
+        let h = http::HeaderValue::from_str(&v).expect("a JWT is base64url and dots");
+        (now, v, h)
     }
 
     /// Called after ExpiredProviderToken for the token `rejected`: mints a fresh one unless
@@ -103,7 +115,7 @@ impl JwtMinter {
     pub fn refresh_after_rejection(&self, rejected: &str) -> bool {
         let now = (self.clock)();
         let mut cur = self.current.lock().expect("jwt lock");
-        if let Some((iat, v)) = &*cur {
+        if let Some((iat, v, _)) = &*cur {
             if &**v != rejected {
                 return true; // someone refreshed already
             }
@@ -111,8 +123,7 @@ impl JwtMinter {
                 return false;
             }
         }
-        let v: Arc<str> = format!("bearer {}", self.mint(now)).into();
-        *cur = Some((now, v));
+        *cur = Some(self.entry(now));
         true
     }
 

@@ -44,6 +44,31 @@ const IDLE_CHECK_MS: i64 = 30_000;
 /// How long a PING may take before the connection is declared dead.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The parts of a request that are the same for every phone of a lane: built once.
+struct Prepared {
+    authority: http::uri::Authority,
+    topic: HeaderValue,
+    priority: HeaderValue,
+    expiration: HeaderValue,
+    collapse_id: HeaderValue,
+    payload: Bytes,
+}
+
+impl Prepared {
+    fn new(env: Environment, msg: &Message) -> Result<Prepared, String> {
+        Ok(Prepared {
+            authority: http::uri::Authority::from_static(env.host()),
+            topic: HeaderValue::from_str(&msg.topic)
+                .map_err(|_| format!("apns-topic '{}' is not a header value", msg.topic))?,
+            priority: HeaderValue::from(msg.priority as u16),
+            expiration: HeaderValue::from(msg.expiration),
+            collapse_id: HeaderValue::from_str(&msg.collapse_id)
+                .map_err(|_| "the collapse id is not a header value".to_string())?,
+            payload: msg.payload.clone(),
+        })
+    }
+}
+
 /// How one request ended, as far as the lane is concerned.
 enum Sent {
     /// The server answered, or it may have processed the request: an outcome.
@@ -291,7 +316,13 @@ impl Http2Client {
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
     ) {
-        let authority = HeaderValue::from_static(env.host());
+        let prep = match Prepared::new(env, &msg) {
+            Ok(p) => Arc::new(p),
+            Err(why) => {
+                warn!(error = %why, "cannot build the request headers");
+                return;
+            }
+        };
         let mut inflight = FuturesUnordered::new();
         let mut redo: Vec<usize> = Vec::new();
         let mut replaced_without_answer = 0u32;
@@ -337,7 +368,7 @@ impl Http2Client {
                         i
                     }
                 };
-                inflight.push(self.send_one(conn.clone(), authority.clone(), msg.clone(), targets[i].token.clone(), i));
+                inflight.push(self.send_one(conn.clone(), prep.clone(), targets[i].token.clone(), i));
             }
             match inflight.next().await {
                 Some((i, Sent::Answered(outcome))) => {
@@ -358,20 +389,13 @@ impl Http2Client {
         (self.inner.settings.max_streams as usize).min(conn.server_limit.load(Ordering::Relaxed)).max(1)
     }
 
-    async fn send_one(
-        &self,
-        conn: Arc<Conn>,
-        authority: HeaderValue,
-        msg: Arc<Message>,
-        token: Arc<str>,
-        i: usize,
-    ) -> (usize, Sent) {
-        let bearer = self.inner.minter.as_ref().map(|m| m.bearer());
-        let sent = match self.request(&conn, &authority, &msg, &token, bearer.as_deref()).await {
-            Ok((status, body)) => {
+    async fn send_one(&self, conn: Arc<Conn>, prep: Arc<Prepared>, token: Arc<str>, i: usize) -> (usize, Sent) {
+        let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header());
+        let sent = match self.request_full(&conn, &prep, &prep.payload, &token, bearer.as_ref().map(|b| &b.1)).await {
+            Ok((status, _, body)) => {
                 conn.confirmed.store(true, Ordering::Release);
                 conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
-                Sent::Answered(self.judge(status, &body, bearer.as_deref(), &token))
+                Sent::Answered(self.judge(status, &body, bearer.as_ref().map(|b| &*b.0), &token))
             }
             Err(ReqError::Refused) => Sent::Refused,
             Err(ReqError::Failed(why)) => {
@@ -418,48 +442,42 @@ impl Http2Client {
         outcome
     }
 
-    async fn request(
-        &self,
-        conn: &Conn,
-        authority: &HeaderValue,
-        msg: &Message,
-        token: &str,
-        bearer: Option<&str>,
-    ) -> Result<(u16, Bytes), ReqError> {
-        self.request_full(conn, authority, msg, token, bearer).await.map(|(s, _, b)| (s, b))
-    }
-
     async fn request_full(
         &self,
         conn: &Conn,
-        authority: &HeaderValue,
-        msg: &Message,
+        prep: &Prepared,
+        payload: &Bytes,
         token: &str,
-        bearer: Option<&str>,
+        bearer: Option<&HeaderValue>,
     ) -> Result<(u16, http::HeaderMap, Bytes), ReqError> {
-        let uri = http::Uri::builder()
-            .scheme("https")
-            .authority(authority.to_str().unwrap_or_default())
-            .path_and_query(format!("/3/device/{token}"))
-            .build()
-            .map_err(ReqError::failed)?;
-        let mut req = Request::builder().method(Method::POST).uri(uri);
-        let h = req.headers_mut().expect("fresh builder");
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(prep.authority.clone());
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(format!("/3/device/{token}")))
+                .map_err(ReqError::failed)?,
+        );
+        let uri = http::Uri::from_parts(parts).map_err(ReqError::failed)?;
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.reserve(6);
         if let Some(b) = bearer {
-            h.insert("authorization", HeaderValue::from_str(b).map_err(ReqError::failed)?);
+            h.insert(http::header::AUTHORIZATION, b.clone());
         }
-        h.insert("apns-topic", HeaderValue::from_str(&msg.topic).map_err(ReqError::failed)?);
+        h.insert("apns-topic", prep.topic.clone());
         h.insert("apns-push-type", HeaderValue::from_static("alert"));
-        h.insert("apns-priority", HeaderValue::from(msg.priority as u16));
-        h.insert("apns-expiration", HeaderValue::from(msg.expiration));
-        h.insert("apns-collapse-id", HeaderValue::from_str(&msg.collapse_id).map_err(ReqError::failed)?);
-        let req = req.body(()).map_err(ReqError::failed)?;
+        h.insert("apns-priority", prep.priority.clone());
+        h.insert("apns-expiration", prep.expiration.clone());
+        h.insert("apns-collapse-id", prep.collapse_id.clone());
+        let msg_payload = payload;
 
         let fut = async {
             // Until the request is handed over, the server has not seen it: safe to resend.
             let mut send = conn.send.clone().ready().await.map_err(|_| ReqError::Refused)?;
             let (resp, mut body) = send.send_request(req, false).map_err(|_| ReqError::Refused)?;
-            body.send_data(msg.payload.clone(), true).map_err(ReqError::h2)?;
+            body.send_data(msg_payload.clone(), true).map_err(ReqError::h2)?;
             let resp = resp.await.map_err(ReqError::h2)?;
             let status = resp.status().as_u16();
             let (parts, mut recv) = resp.into_parts();
@@ -486,7 +504,7 @@ impl Http2Client {
         let t0 = std::time::Instant::now();
         let conn = self.connect(env).await?;
         let connected_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let bearer = self.inner.minter.as_ref().map(|m| m.bearer());
+        let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header().1);
         let msg = Message {
             topic: self.inner.probe_topic.clone(),
             payload: Bytes::from_static(br#"{"aps":{"alert":"dingdong diag"}}"#),
@@ -494,9 +512,9 @@ impl Http2Client {
             collapse_id: "dingdong-diag".into(),
             priority: 10,
         };
-        let authority = HeaderValue::from_static(env.host());
+        let prep = Prepared::new(env, &msg)?;
         let (status, headers, body) =
-            self.request_full(&conn, &authority, &msg, token, bearer.as_deref()).await.map_err(|e| match e {
+            self.request_full(&conn, &prep, &msg.payload, token, bearer.as_ref()).await.map_err(|e| match e {
                 ReqError::Refused => "the server refused the request".to_string(),
                 ReqError::Failed(why) => why,
             })?;
