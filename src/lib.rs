@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod mqtt;
 pub mod outbox;
+pub mod pairing;
 pub mod ring;
 pub mod store;
 pub mod util;

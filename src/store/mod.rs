@@ -6,6 +6,7 @@
 
 pub mod handle;
 pub mod import;
+pub mod pairing;
 pub mod rings;
 pub mod schema;
 
