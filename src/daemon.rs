@@ -7,6 +7,7 @@ use crate::config::{Config, Transport as TransportKind};
 use crate::mqtt::sources::{self, Inbound};
 use crate::mqtt::{Incoming, MqttHandle, MqttSettings};
 use crate::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
+use crate::pairing::service::{Pairing, Settings as PairingSettings};
 use crate::ring::{IntakeStats, PressResult, Ringer};
 use crate::store::{Store, StoreHandle};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -46,7 +47,12 @@ pub fn transport(cfg: &Config) -> Result<Transport, DaemonError> {
 
 /// The topics the daemon listens to.
 fn subscriptions(prefix: &str) -> Vec<String> {
-    vec![format!("{prefix}/button/+/press")]
+    vec![
+        format!("{prefix}/button/+/press"),
+        format!("{prefix}/pair/request"),
+        format!("{prefix}/phone/+/+"),
+        format!("{prefix}/gateway/pair-button"),
+    ]
 }
 
 /// Runs until `stop` is cancelled. `ready` fires once the database is migrated and the broker
@@ -85,8 +91,18 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
     // Rings a crash or shutdown left unfinished go out first (or are marked expired).
     resume(&store, &outbox, &deliveries, &stop).await?;
 
+    let pairing = Pairing::new(
+        store.clone(),
+        PairingSettings {
+            bundle_id: cfg.apns.topic.clone(),
+            button_user: cfg.pairing.button_user.clone(),
+            code_file: cfg.pairing_code_file(),
+            limits: Default::default(),
+        },
+    );
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
+        pairing,
         ringer,
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -169,6 +185,7 @@ async fn watchdog(heartbeat: Arc<AtomicI64>, stop: CancellationToken) {
 /// The task that turns MQTT messages into rings.
 struct Intake {
     prefix: String,
+    pairing: Pairing,
     ringer: Ringer,
     outbox: Outbox,
     mqtt: MqttHandle,
@@ -200,6 +217,7 @@ impl Intake {
         let received_at = crate::now_ms();
         let press = match sources::decode(&self.prefix, &m.topic, &m.payload) {
             Ok(Some(Inbound::Press(p))) => p,
+            Ok(Some(pairing)) => return self.on_pairing(pairing, &m).await,
             Ok(None) => {
                 debug!(topic = %m.topic, "message on a topic we do not handle");
                 self.mqtt.ack(&m.publish).await;
@@ -224,5 +242,19 @@ impl Intake {
             // Not acked: the broker redelivers the press after we reconnect.
             Err(e) => warn!(topic = %m.topic, error = %e, "cannot record the press"),
         }
+    }
+
+    /// Pairing messages: the pairing service decides, we publish its reply.
+    async fn on_pairing(&self, msg: Inbound, m: &Incoming) {
+        let reply = match msg {
+            Inbound::PairRequest(r) => self.pairing.pair_request(r).await,
+            Inbound::PhoneRequest { phone_id, request } => self.pairing.phone_request(phone_id, request).await,
+            Inbound::PairButton(r) => {
+                self.pairing.pair_button(r).await;
+                None
+            }
+            Inbound::Press(_) => None,
+        };
+        self.mqtt.reply_and_ack(reply.as_ref().map(|r| (r.suffix.as_str(), r.payload.clone())), &m.publish);
     }
 }

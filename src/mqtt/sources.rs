@@ -1,6 +1,8 @@
 //! Pure decoding of what arrives on the broker: dingdong's native button topic (and, as the
-//! radio bridges are added, their own JSON). Bytes in, a typed event or a reason out; no I/O.
+//! radio bridges are added, their own JSON), and the pairing topics (parsed by
+//! `pairing::wire`). Bytes in, a typed event or a reason out; no I/O.
 
+use crate::pairing::wire::{self, PairRequest, Refusal, SignedRequest};
 use serde::Deserialize;
 
 /// Larger payloads are refused unread: nothing legitimate on these topics comes close.
@@ -41,6 +43,15 @@ pub struct ButtonPress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Press(ButtonPress),
+    /// `P/pair/request`: the request, or its refusal (answered when it names a request id).
+    PairRequest(Result<PairRequest, Refusal>),
+    /// `P/phone/<phone_id>/<action>`: a signed request (not yet verified), or its refusal.
+    PhoneRequest {
+        phone_id: i64,
+        request: Result<SignedRequest, Refusal>,
+    },
+    /// `P/gateway/pair-button`: the gateway's own pair button, or why its payload is refused.
+    PairButton(Result<(), String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,16 +75,37 @@ const AT_RANGE: std::ops::RangeInclusive<i64> = 1_000_000_000_000..=9_999_999_99
 
 /// Decodes a message; `Ok(None)` for topics that are not ours to decode.
 pub fn decode(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
+    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+        return if payload.len() > MAX_PAYLOAD { Err(DecodeError::TooLarge(payload.len())) } else { Ok(None) };
+    };
+    // Pairing topics bound their own payloads, so that a refusal can still be answered.
+    if let Some(inbound) = decode_pairing(rest, payload)? {
+        return Ok(Some(inbound));
+    }
     if payload.len() > MAX_PAYLOAD {
         return Err(DecodeError::TooLarge(payload.len()));
     }
-    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
-        return Ok(None);
-    };
     if let Some(button) = rest.strip_prefix("button/").and_then(|r| r.strip_suffix("/press")) {
         return decode_native(button, payload).map(|p| Some(Inbound::Press(p)));
     }
     Ok(None)
+}
+
+fn decode_pairing(rest: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
+    match rest {
+        "pair/request" => return Ok(Some(Inbound::PairRequest(wire::parse_pair_request(payload)))),
+        "gateway/pair-button" => return Ok(Some(Inbound::PairButton(wire::parse_pair_button(payload)))),
+        _ => {}
+    }
+    let Some(r) = rest.strip_prefix("phone/") else { return Ok(None) };
+    let (id, action) =
+        r.split_once('/').ok_or_else(|| DecodeError::Topic("expected phone/<phone_id>/<action>".into()))?;
+    let phone_id =
+        wire::parse_phone_id(id).ok_or_else(|| DecodeError::Topic("phone id is not a positive integer".into()))?;
+    if action.contains('/') {
+        return Err(DecodeError::Topic("expected phone/<phone_id>/<action>".into()));
+    }
+    Ok(Some(Inbound::PhoneRequest { phone_id, request: wire::parse_signed(phone_id, action, payload) }))
 }
 
 fn decode_native(button: &str, payload: &[u8]) -> Result<ButtonPress, DecodeError> {
@@ -116,6 +148,25 @@ mod tests {
         assert!(decode(P, "dingdong/gw/button/a+b/press", b"").is_err());
         assert_eq!(decode(P, "other/button/front/press", b"").unwrap(), None);
         assert_eq!(decode(P, "dingdong/gw/status", b"").unwrap(), None);
+    }
+
+    #[test]
+    fn pairing_topics() {
+        let pair = decode(P, "dingdong/gw/pair/request", b"{").unwrap();
+        assert!(matches!(pair, Some(Inbound::PairRequest(Err(Refusal { request_id: None, .. })))));
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(matches!(decode(P, "dingdong/gw/pair/request", &big).unwrap(), Some(Inbound::PairRequest(Err(_)))));
+        let phone = decode(P, "dingdong/gw/phone/12/unpair", &big).unwrap();
+        assert!(
+            matches!(phone, Some(Inbound::PhoneRequest { phone_id: 12, request: Err(_) })),
+            "oversized is answered"
+        );
+        assert!(decode(P, "dingdong/gw/phone/x/unpair", b"{}").is_err());
+        assert!(decode(P, "dingdong/gw/phone/0/unpair", b"{}").is_err());
+        assert!(decode(P, "dingdong/gw/phone/7", b"{}").is_err());
+        assert_eq!(decode(P, "dingdong/gw/gateway/pair-button", b"").unwrap(), Some(Inbound::PairButton(Ok(()))));
+        assert_eq!(decode(P, "dingdong/gw/pair/response/r1", b"{}").unwrap(), None);
+        assert!(decode(P, "other/x", &big).is_err());
     }
 
     #[test]
