@@ -38,6 +38,9 @@ pub enum Command {
     /// Phones (push tokens).
     #[command(subcommand)]
     Phone(PhoneCmd),
+    /// Pairing windows: one-time codes with which a phone joins a user.
+    #[command(subcommand)]
+    Pair(PairCmd),
     /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
     Ring { id: String },
     /// One poll of the legacy feedback service; prunes as `run` does.
@@ -132,6 +135,22 @@ pub enum PhoneCmd {
     },
     Rm {
         token: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PairCmd {
+    /// Open a pairing window for USER (created if new) and print its one-time code.
+    Open {
+        #[arg(long)]
+        user: String,
+        /// Share this doorbell with the user as well.
+        #[arg(long, value_name = "DOORBELL")]
+        share: Option<String>,
+        /// How long the code is valid (1 to 60).
+        #[arg(long, default_value_t = crate::pairing::DEFAULT_MINUTES,
+              value_parser = clap::value_parser!(u32).range(1..=crate::pairing::MAX_MINUTES as i64))]
+        minutes: u32,
     },
 }
 
@@ -299,6 +318,15 @@ pub fn admin(cli: &Cli) -> Result<(), CliError> {
             println!("doorbell {id} no longer shared with {user}");
         }
         Command::Phone(cmd) => phone(&mut store, cmd)?,
+        Command::Pair(PairCmd::Open { user, share, minutes }) => {
+            let opener = crate::store::pairing::Opener::Cli;
+            let w = store.open_pair_window(user, share.as_deref(), *minutes, opener, crate::now_ms())?;
+            let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(w.expires_at as u64);
+            // The one place a code is shown: on the terminal of whoever may open windows.
+            println!("pairing code for {user}: {}", w.code.reveal());
+            let shared = share.as_ref().map(|d| format!("; shares doorbell {d}")).unwrap_or_default();
+            println!("valid once, for {minutes} minute(s), until {}{shared}", humantime::format_rfc3339_seconds(until));
+        }
         _ => unreachable!("not an admin command"),
     }
     Ok(())

@@ -49,6 +49,8 @@ pub struct Config {
     pub ring: Ring,
     #[serde(default)]
     pub homeassistant: HomeAssistant,
+    #[serde(default)]
+    pub pairing: Pairing,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -203,6 +205,29 @@ fn default_discovery_prefix() -> String {
     "homeassistant".into()
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pairing {
+    /// The user a window opened by the gateway's pair button (`P/gateway/pair-button`) pairs
+    /// phones to; created if new. Anyone on the broker can publish that topic, so the default
+    /// is a user that owns nothing: its phones ring only for doorbells shared with it.
+    #[serde(default = "default_button_user")]
+    pub button_user: String,
+    /// Where a pair-button window's code is written (mode 0600) for the gateway's display;
+    /// default `pair-code.json` beside the database. Never published on the broker.
+    pub code_file: Option<PathBuf>,
+}
+
+impl Default for Pairing {
+    fn default() -> Self {
+        Pairing { button_user: default_button_user(), code_file: None }
+    }
+}
+
+fn default_button_user() -> String {
+    "household".into()
+}
+
 impl Default for Ring {
     fn default() -> Self {
         Ring { expiry: default_expiry(), debounce: default_debounce(), sound: default_sound() }
@@ -288,6 +313,7 @@ impl Config {
             }
         };
         fix(&mut self.gateway.database);
+        self.pairing.code_file.iter_mut().for_each(fix);
         self.mqtt.password_file.iter_mut().for_each(fix);
         self.mqtt.ca_file.iter_mut().for_each(fix);
         self.apns.ca_file.iter_mut().for_each(fix);
@@ -455,10 +481,18 @@ impl Config {
                 "a doorbell ring is useful for a few minutes: \"5m\"",
             ));
         }
+        if let Err(e) = crate::util::check_id("user", &self.pairing.button_user) {
+            return Err(self.err("pairing.button_user", e, "use letters, digits, '-', '_' or '.'"));
+        }
         if self.ring.debounce.0 >= self.ring.expiry.0 {
             return Err(self.err("ring.debounce", "must be shorter than ring.expiry", "use a few seconds: \"3s\""));
         }
         Ok(())
+    }
+
+    /// Where the pair button's code goes: `pairing.code_file`, or beside the database.
+    pub fn pairing_code_file(&self) -> PathBuf {
+        self.pairing.code_file.clone().unwrap_or_else(|| self.gateway.database.with_file_name("pair-code.json"))
     }
 
     /// Checks that every file the config names can be read. `run`, `diag` and `feedback` call
@@ -644,6 +678,22 @@ debounce = "3s"
     fn the_example_config_parses() {
         let c = Config::parse(include_str!("../config.example.toml"), Path::new("/etc/dingdong/config.toml")).unwrap();
         assert_eq!(c.ring.debounce.0, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn pairing_section() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.pairing.button_user, "household");
+        assert_eq!(c.pairing_code_file(), PathBuf::from("/etc/dd/state/pair-code.json"));
+        let c = parse(&format!("{GOOD}[pairing]\nbutton_user = \"alice\"\ncode_file = \"code.json\"\n")).unwrap();
+        assert_eq!(
+            (c.pairing.button_user.as_str(), c.pairing_code_file()),
+            ("alice", PathBuf::from("/etc/dd/code.json"))
+        );
+        let e = parse(&format!("{GOOD}[pairing]\nbutton_user = \"a/b\"\n")).unwrap_err();
+        assert!(e.contains("pairing.button_user"), "{e}");
+        let e = parse(&format!("{GOOD}[pairing]\nbuttonuser = \"a\"\n")).unwrap_err();
+        assert!(e.contains("pairing.buttonuser"), "{e}");
     }
 
     #[test]

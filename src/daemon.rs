@@ -10,6 +10,7 @@ use crate::homeassistant as ha;
 use crate::mqtt::sources::{self, Inbound};
 use crate::mqtt::{Incoming, MqttHandle, MqttSettings};
 use crate::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
+use crate::pairing::service::{Pairing, Settings as PairingSettings};
 use crate::ring::{IntakeStats, PressResult, Ringer};
 use crate::store::{Store, StoreHandle};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -47,10 +48,16 @@ pub fn transport(cfg: &Config) -> Result<Transport, DaemonError> {
     }
 }
 
-/// The topics the daemon listens to: its own button topic, the radio bridges' topics, and
-/// Home Assistant's birth message when discovery is on.
+/// The topics the daemon listens to: its own button and pairing topics, the radio bridges'
+/// topics, and Home Assistant's birth message when discovery is on.
 pub fn subscriptions(cfg: &Config) -> Vec<String> {
-    let mut subs = vec![format!("{}/button/+/press", cfg.mqtt.topic_prefix)];
+    let p = &cfg.mqtt.topic_prefix;
+    let mut subs = vec![
+        format!("{p}/button/+/press"),
+        format!("{p}/pair/request"),
+        format!("{p}/phone/+/+"),
+        format!("{p}/gateway/pair-button"),
+    ];
     subs.extend(sources::BRIDGE_TOPICS.iter().map(|t| t.to_string()));
     if cfg.homeassistant.discovery {
         subs.push(ha::status_topic(&cfg.homeassistant.discovery_prefix));
@@ -102,6 +109,15 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
     // Rings a crash or shutdown left unfinished go out first (or are marked expired).
     resume(&store, &outbox, &deliveries, &stop).await?;
 
+    let pairing = Pairing::new(
+        store.clone(),
+        PairingSettings {
+            bundle_id: cfg.apns.topic.clone(),
+            button_user: cfg.pairing.button_user.clone(),
+            code_file: cfg.pairing_code_file(),
+            limits: Default::default(),
+        },
+    );
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
         store: store.clone(),
@@ -111,6 +127,7 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: Option<oneshot::Se
             gateway: cfg.gateway.id.clone(),
             announced: Default::default(),
         }),
+        pairing,
         ringer,
         outbox: outbox.clone(),
         mqtt: mqtt.clone(),
@@ -210,6 +227,7 @@ struct Intake {
     prefix: String,
     store: StoreHandle,
     ha: Option<HaSettings>,
+    pairing: Pairing,
     ringer: Ringer,
     outbox: Outbox,
     mqtt: MqttHandle,
@@ -307,6 +325,7 @@ impl Intake {
         }
         let press = match sources::decode(&self.prefix, &m.topic, &m.payload) {
             Ok(Some(Inbound::Press(p))) => p,
+            Ok(Some(pairing)) => return self.on_pairing(pairing, &m).await,
             Ok(None) => {
                 debug!(topic = %m.topic, "message on a topic we do not handle");
                 self.mqtt.ack(&m.publish).await;
@@ -336,5 +355,19 @@ impl Intake {
             // Not acked: the broker redelivers the press after we reconnect.
             Err(e) => warn!(topic = %m.topic, error = %e, "cannot record the press"),
         }
+    }
+
+    /// Pairing messages: the pairing service decides, we publish its reply.
+    async fn on_pairing(&self, msg: Inbound, m: &Incoming) {
+        let reply = match msg {
+            Inbound::PairRequest(r) => self.pairing.pair_request(r).await,
+            Inbound::PhoneRequest { phone_id, request } => self.pairing.phone_request(phone_id, request).await,
+            Inbound::PairButton(r) => {
+                self.pairing.pair_button(r).await;
+                None
+            }
+            Inbound::Press(_) => None,
+        };
+        self.mqtt.reply_and_ack(reply.as_ref().map(|r| (r.suffix.as_str(), r.payload.clone())), &m.publish);
     }
 }

@@ -15,6 +15,7 @@ pub mod diag;
 pub mod homeassistant;
 pub mod mqtt;
 pub mod outbox;
+pub mod pairing;
 pub mod ring;
 pub mod store;
 pub mod util;

@@ -242,6 +242,32 @@ impl MqttHandle {
         }
     }
 
+    /// Publishes `payload` on `P/<suffix>` and acks `publish` without waiting on the client's
+    /// queue: the intake must never block on the queue that only the event loop drains while
+    /// the event loop waits for the intake (a burst of requests deadlocked the two). When the
+    /// queue is full, a short task waits for room instead of the caller.
+    pub fn reply_and_ack(&self, reply: Option<(&str, String)>, publish: &Publish) {
+        if let Some((suffix, payload)) = reply {
+            let topic = format!("{}/{}", self.prefix, suffix);
+            if self.client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()).is_err() {
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+                        debug!("reply not queued: the MQTT client has stopped");
+                    }
+                });
+            }
+        }
+        if self.client.try_ack(publish).is_err() {
+            let (client, publish) = (self.client.clone(), publish.clone());
+            tokio::spawn(async move {
+                if let Err(e) = client.ack(&publish).await {
+                    debug!(error = %e, "MQTT ack not queued");
+                }
+            });
+        }
+    }
+
     /// Publishes `payload` on `P/<suffix>`.
     pub async fn publish(&self, suffix: &str, payload: String, retain: bool) -> Result<(), MqttError> {
         self.client

@@ -2,7 +2,9 @@
 //! bridges' own JSON (rtl_433, Tasmota RF bridges, zigbee2mqtt). Bytes in, a typed event or a
 //! reason out; no I/O. Which key a bridge's button gets is decided here, once: bindings store
 //! exactly these keys (`dingdong doorbell bind ID --source KIND --key KEY`).
+//! The pairing topics are recognised here and parsed by `pairing::wire`.
 
+use crate::pairing::wire::{self, PairRequest, Refusal, SignedRequest};
 use serde::Deserialize;
 
 /// Larger payloads are refused unread: nothing legitimate on these topics comes close.
@@ -55,6 +57,15 @@ pub struct ButtonPress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Press(ButtonPress),
+    /// `P/pair/request`: the request, or its refusal (answered when it names a request id).
+    PairRequest(Result<PairRequest, Refusal>),
+    /// `P/phone/<phone_id>/<action>`: a signed request (not yet verified), or its refusal.
+    PhoneRequest {
+        phone_id: i64,
+        request: Result<SignedRequest, Refusal>,
+    },
+    /// `P/gateway/pair-button`: the gateway's own pair button, or why its payload is refused.
+    PairButton(Result<(), String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,26 +92,52 @@ pub const BRIDGE_TOPICS: &[&str] = &["rtl_433/+/events", "tele/+/RESULT", "zigbe
 
 /// Decodes a message; `Ok(None)` for topics and messages that are not button presses.
 pub fn decode(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
-    if payload.len() > MAX_PAYLOAD {
-        return Err(DecodeError::TooLarge(payload.len()));
-    }
     let press = match topic.split('/').collect::<Vec<_>>()[..] {
-        ["rtl_433", _, "events"] => decode_rtl433(payload)?,
-        ["tele", _, "RESULT"] => decode_tasmota(payload)?,
-        ["zigbee2mqtt", name] if name != "bridge" => decode_zigbee2mqtt(name, payload)?,
+        ["rtl_433", _, "events"] => decode_rtl433(bounded(payload)?)?,
+        ["tele", _, "RESULT"] => decode_tasmota(bounded(payload)?)?,
+        ["zigbee2mqtt", name] if name != "bridge" => decode_zigbee2mqtt(name, bounded(payload)?)?,
         _ => return decode_own(prefix, topic, payload),
     };
     Ok(press.map(Inbound::Press))
 }
 
+fn bounded(payload: &[u8]) -> Result<&[u8], DecodeError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(DecodeError::TooLarge(payload.len()));
+    }
+    Ok(payload)
+}
+
 fn decode_own(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
     let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
-        return Ok(None);
+        return bounded(payload).map(|_| None);
     };
+    // Pairing topics bound their own payloads, so that a refusal can still be answered.
+    if let Some(inbound) = decode_pairing(rest, payload)? {
+        return Ok(Some(inbound));
+    }
+    let payload = bounded(payload)?;
     if let Some(button) = rest.strip_prefix("button/").and_then(|r| r.strip_suffix("/press")) {
         return decode_native(button, payload).map(|p| Some(Inbound::Press(p)));
     }
     Ok(None)
+}
+
+fn decode_pairing(rest: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
+    match rest {
+        "pair/request" => return Ok(Some(Inbound::PairRequest(wire::parse_pair_request(payload)))),
+        "gateway/pair-button" => return Ok(Some(Inbound::PairButton(wire::parse_pair_button(payload)))),
+        _ => {}
+    }
+    let Some(r) = rest.strip_prefix("phone/") else { return Ok(None) };
+    let (id, action) =
+        r.split_once('/').ok_or_else(|| DecodeError::Topic("expected phone/<phone_id>/<action>".into()))?;
+    let phone_id =
+        wire::parse_phone_id(id).ok_or_else(|| DecodeError::Topic("phone id is not a positive integer".into()))?;
+    if action.contains('/') {
+        return Err(DecodeError::Topic("expected phone/<phone_id>/<action>".into()));
+    }
+    Ok(Some(Inbound::PhoneRequest { phone_id, request: wire::parse_signed(phone_id, action, payload) }))
 }
 
 fn decode_native(button: &str, payload: &[u8]) -> Result<ButtonPress, DecodeError> {
@@ -226,7 +263,11 @@ mod tests {
     }
 
     fn key(topic: &str, payload: &str) -> Option<ButtonPress> {
-        decode(P, topic, payload.as_bytes()).unwrap().map(|Inbound::Press(p)| p)
+        match decode(P, topic, payload.as_bytes()).unwrap() {
+            Some(Inbound::Press(p)) => Some(p),
+            Some(other) => panic!("not a press: {other:?}"),
+            None => None,
+        }
     }
 
     #[test]
@@ -286,6 +327,25 @@ mod tests {
         assert_eq!(key("zigbee2mqtt/bridge", r#"{"action":"single"}"#), None);
         assert_eq!(key("zigbee2mqtt/bridge/state", r#"{"state":"online"}"#), None);
         assert!(is_press_action("1_double") && !is_press_action("brightness_move_up"));
+    }
+
+    #[test]
+    fn pairing_topics() {
+        let pair = decode(P, "dingdong/gw/pair/request", b"{").unwrap();
+        assert!(matches!(pair, Some(Inbound::PairRequest(Err(Refusal { request_id: None, .. })))));
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(matches!(decode(P, "dingdong/gw/pair/request", &big).unwrap(), Some(Inbound::PairRequest(Err(_)))));
+        let phone = decode(P, "dingdong/gw/phone/12/unpair", &big).unwrap();
+        assert!(
+            matches!(phone, Some(Inbound::PhoneRequest { phone_id: 12, request: Err(_) })),
+            "oversized is answered"
+        );
+        assert!(decode(P, "dingdong/gw/phone/x/unpair", b"{}").is_err());
+        assert!(decode(P, "dingdong/gw/phone/0/unpair", b"{}").is_err());
+        assert!(decode(P, "dingdong/gw/phone/7", b"{}").is_err());
+        assert_eq!(decode(P, "dingdong/gw/gateway/pair-button", b"").unwrap(), Some(Inbound::PairButton(Ok(()))));
+        assert_eq!(decode(P, "dingdong/gw/pair/response/r1", b"{}").unwrap(), None);
+        assert!(decode(P, "other/x", &big).is_err());
     }
 
     #[test]

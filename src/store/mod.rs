@@ -8,6 +8,7 @@ pub mod feedback;
 pub mod fieldkit;
 pub mod handle;
 pub mod import;
+pub mod pairing;
 pub mod rings;
 pub mod schema;
 

@@ -94,6 +94,42 @@ pub const MIGRATIONS: &[&str] = &[
         learned_key   TEXT
     );
     "#,
+    // 3 (pairing): per-phone secrets for signed requests, pairing windows (only a salted hash
+    // of each code), the nonces of signed requests and rate-limit events. All of it lives here,
+    // not in memory, so a second instance sharing the database enforces the same limits.
+    r#"
+    CREATE TABLE phone_secrets (
+        phone_id    INTEGER PRIMARY KEY REFERENCES phones(id) ON DELETE CASCADE,
+        secret      BLOB NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE pair_windows (
+        id              INTEGER PRIMARY KEY,
+        salt            BLOB NOT NULL,
+        code_hash       BLOB NOT NULL,
+        user_name       TEXT NOT NULL,
+        share_doorbell  TEXT,
+        opened_by       TEXT NOT NULL,
+        opened_at       INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        state           TEXT NOT NULL CHECK (state IN ('open', 'used', 'locked')),
+        phone_id        INTEGER
+    );
+    CREATE INDEX pair_windows_open ON pair_windows(state, expires_at);
+    CREATE TABLE pair_nonces (
+        phone_id    INTEGER NOT NULL,
+        nonce       TEXT NOT NULL,
+        keep_until  INTEGER NOT NULL,
+        PRIMARY KEY (phone_id, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX pair_nonces_keep ON pair_nonces(keep_until);
+    CREATE TABLE rate_events (
+        scope   TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX rate_events_scope ON rate_events(scope, at);
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
