@@ -58,6 +58,12 @@ fn mem_mb(pid: u32, field: &str) -> f64 {
 
 /// `dingdong apns-sim` as a child process; returns it with its address and credentials.
 fn spawn_sim(dir: &Path, extra: &[&str]) -> (Child, String, serde_json::Value) {
+    let (child, info) = spawn_sim_info(dir, extra);
+    (child, info["http2"].as_str().unwrap().to_string(), info["credentials"].clone())
+}
+
+/// Like [`spawn_sim`], returning the whole JSON line the simulator printed.
+fn spawn_sim_info(dir: &Path, extra: &[&str]) -> (Child, serde_json::Value) {
     let mut child = Command::new(bin())
         .args(["apns-sim", "--http2", "127.0.0.1:0", "--out"])
         .arg(dir)
@@ -70,8 +76,7 @@ fn spawn_sim(dir: &Path, extra: &[&str]) -> (Child, String, serde_json::Value) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let info: serde_json::Value = serde_json::from_str(&line).expect("apns-sim prints its address");
-    let addr = info["http2"].as_str().unwrap().to_string();
-    (child, addr, info["credentials"].clone())
+    (child, info)
 }
 
 fn write_bench_config(dir: &Path, broker: &str, endpoint: &str, creds: &serde_json::Value) -> PathBuf {
@@ -306,6 +311,71 @@ async fn run() {
     report(&mut figs, "press -> all 20 answered (outcome on MQTT), max", percentile(&all, 1.0), "ms", "-");
     let _ = daemon.kill();
     let _ = daemon.wait();
+
+    // ---- Legacy binary fan-out: 120,000 phones, 1% invalid, a status-10 shutdown midway ----
+    let leg = d.join("legacy");
+    std::fs::create_dir_all(&leg).unwrap();
+    let tokens: Vec<String> = (0..FANOUT).map(|i| token(2_000_000 + i)).collect();
+    let valid: Vec<&str> = tokens.iter().enumerate().filter(|(i, _)| i % 100 != 37).map(|(_, t)| t.as_str()).collect();
+    std::fs::write(leg.join("known.txt"), valid.join("\n")).unwrap();
+    let known = leg.join("known.txt");
+    let (mut sim, info) = spawn_sim_info(
+        &leg.join("sim"),
+        &[
+            "--binary",
+            "127.0.0.1:0",
+            "--feedback",
+            "127.0.0.1:0",
+            "--fast",
+            "--shutdown-after",
+            "60000",
+            "--tokens",
+            known.to_str().unwrap(),
+        ],
+    );
+    let creds = &info["credentials"];
+    let cfg = write_bench_config(&leg, &broker.url(), info["http2"].as_str().unwrap(), creds);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let token_auth = text[text.find("[apns.token]").unwrap()..text.find("[ring]").unwrap()].to_string();
+    let text = text.replace("transport = \"http2\"", "transport = \"binary\"").replace(
+        &token_auth,
+        &format!(
+            "[apns.certificate]\nfile = \"{}\"\npassword_file = \"{}\"\n[apns.binary]\ngateway = \"{}\"\nfeedback = \"{}\"\nformat = \"frame\"\n",
+            creds["client_p12"].as_str().unwrap(),
+            creds["client_p12_password_file"].as_str().unwrap(),
+            info["binary"].as_str().unwrap(),
+            info["feedback"].as_str().unwrap()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    ok(&cfg, &["user", "add", "owner"]);
+    ok(&cfg, &["doorbell", "add", "building", "--owner", "owner"]);
+    std::fs::write(leg.join("phones.txt"), tokens.join("\n")).unwrap();
+    ok(&cfg, &["phone", "import", "owner", leg.join("phones.txt").to_str().unwrap()]);
+    let (mut daemon, _) = spawn_daemon_ready(&cfg, &leg);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let cpu0 = cpu_seconds(daemon.id());
+    obs.press("building", dingdong::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    let cpu = cpu_seconds(daemon.id()) - cpu0;
+    let settled = outcome["delivered"].as_f64().unwrap_or(0.0) + outcome["pruned"].as_f64().unwrap_or(0.0);
+    assert_eq!(settled as u32, FANOUT, "every phone delivered or pruned: {outcome}");
+    assert_eq!(outcome["pruned"].as_u64(), Some(1_200), "{outcome}");
+    let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(1.0);
+    report(
+        &mut figs,
+        "legacy binary fan-out 120,000 (1% invalid, status 10 midway): notifications/s",
+        settled / (all_ms / 1000.0),
+        "/s",
+        ">= 100,000/s",
+    );
+    report(&mut figs, "legacy binary fan-out 120,000: press received to last outcome", all_ms / 1000.0, "s", "< 2 s");
+    report(&mut figs, "legacy binary fan-out 120,000: dingdong CPU", cpu, "s", "-");
+    report(&mut figs, "legacy binary fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "-");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = sim.kill();
+    let _ = sim.wait();
 
     println!();
     println!("summary ({machine})");
