@@ -163,10 +163,8 @@ async fn junk_and_unknown_buttons_are_logged_and_the_daemon_keeps_ringing() {
     assert!(!log.contains(&token(20)), "tokens are never logged whole");
 }
 
-#[test]
-fn cli_errors_are_one_line_name_the_problem_and_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A config for store-only commands: no broker or APNs is reached; the key file may not exist.
+fn offline_config(d: &std::path::Path, key_file: &str) -> std::path::PathBuf {
     let cfg = d.join("config.toml");
     std::fs::write(
         &cfg,
@@ -183,13 +181,21 @@ transport = "http2"
 environment = "production"
 topic = "{TOPIC}"
 [apns.token]
-key_file = "missing.p8"
+key_file = "{key_file}"
 key_id = "ABCDEFGHIJ"
 team_id = "TEAMID1234"
 "#
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn cli_errors_are_one_line_name_the_problem_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = offline_config(d, "missing.p8");
     let err = |args: &[&str]| {
         let out = cli(&cfg, args);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -231,14 +237,7 @@ team_id = "TEAMID1234"
 fn bulk_import_of_the_seed_table_reports_every_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = d.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[gateway]\nid = \"gw\"\ndatabase = \"db.sqlite\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nclient_id = \"c\"\ntopic_prefix = \"{PREFIX}\"\n[apns]\ntransport = \"http2\"\nenvironment = \"production\"\ntopic = \"{TOPIC}\"\n[apns.token]\nkey_file = \"k.p8\"\nkey_id = \"ABCDEFGHIJ\"\nteam_id = \"TEAMID1234\"\n"
-        ),
-    )
-    .unwrap();
+    let cfg = offline_config(d, "k.p8");
     // The seeds' `client_id,deviceToken` table: 120,000 rows over 1,000 users, some tokens
     // written with spaces (seed 002), a few broken lines.
     let mut csv = String::from("client_id,deviceToken\n");

@@ -13,9 +13,6 @@ use super::{Received, SimCredentials, SimState};
 use crate::apns::binary::codec::{self, ErrorResponse, Status};
 use crate::apns::Environment;
 use bytes::{Buf, BytesMut};
-use rustls::pki_types::PrivateKeyDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,33 +61,10 @@ enum End {
     Dropped,
 }
 
-/// A TLS server config that refuses clients without a certificate from the simulator's CA.
-fn server_config(creds: &SimCredentials) -> Result<Arc<ServerConfig>, String> {
-    let provider = crate::apns::tls::provider();
-    let chain = crate::apns::tls::read_pem_certs(&creds.server_cert).map_err(|e| e.to_string())?;
-    let key_pem = std::fs::read(&creds.server_key).map_err(|e| e.to_string())?;
-    let key: PrivateKeyDer =
-        rustls_pemfile::private_key(&mut &key_pem[..]).ok().flatten().ok_or("simulator server key unreadable")?;
-    let mut roots = RootCertStore::empty();
-    for c in crate::apns::tls::read_pem_certs(&creds.ca_file).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    Ok(Arc::new(cfg))
-}
-
 impl BinarySim {
     pub fn new(creds: &SimCredentials, state: Arc<SimState>, faults: GatewayFaults) -> Result<Arc<BinarySim>, String> {
         Ok(Arc::new(BinarySim {
-            acceptor: TlsAcceptor::from(server_config(creds)?),
+            acceptor: TlsAcceptor::from(creds.server_config(true, &[])?),
             state,
             faults,
             accepted: AtomicU64::new(0),

@@ -6,7 +6,11 @@
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use rand::Rng;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Paths and ids of everything the simulator wrote.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -151,6 +155,31 @@ impl SimCredentials {
             serde_json::json!({"key_id": creds.key_id, "team_id": creds.team_id}).to_string(),
         )?;
         Ok(creds)
+    }
+
+    /// The simulator's TLS server config: its loopback certificate, client certificates from
+    /// its CA verified (and required, for the legacy ports: Apple's binary API had no other
+    /// auth), and the given ALPN protocols.
+    pub fn server_config(&self, require_client_cert: bool, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
+        let provider = crate::apns::tls::provider();
+        let chain = crate::apns::tls::read_pem_certs(&self.server_cert).map_err(|e| e.to_string())?;
+        let key_pem = std::fs::read(&self.server_key).map_err(|e| e.to_string())?;
+        let key: PrivateKeyDer =
+            rustls_pemfile::private_key(&mut &key_pem[..]).ok().flatten().ok_or("simulator server key unreadable")?;
+        let mut roots = RootCertStore::empty();
+        for c in crate::apns::tls::read_pem_certs(&self.ca_file).map_err(|e| e.to_string())? {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+            .with_single_cert(chain, key)
+            .map_err(|e| e.to_string())?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(cfg))
     }
 
     /// The public half of the AuthKey, which the simulator checks JWTs against.

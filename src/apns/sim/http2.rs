@@ -10,9 +10,6 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, Request, Response, StatusCode};
 use rand::Rng;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,28 +50,8 @@ impl Http2Sim {
         faults: Faults,
         clock_skew_secs: i64,
     ) -> Result<Arc<Http2Sim>, String> {
-        let provider = crate::apns::tls::provider();
-        let chain = crate::apns::tls::read_pem_certs(&creds.server_cert).map_err(|e| e.to_string())?;
-        let key_pem = std::fs::read(&creds.server_key).map_err(|e| e.to_string())?;
-        let key: PrivateKeyDer =
-            rustls_pemfile::private_key(&mut &key_pem[..]).ok().flatten().ok_or("simulator server key unreadable")?;
-        let mut roots = RootCertStore::empty();
-        for c in crate::apns::tls::read_pem_certs(&creds.ca_file).map_err(|e| e.to_string())? {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut cfg = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| e.to_string())?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(Http2Sim {
-            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            acceptor: TlsAcceptor::from(creds.server_config(false, &[b"h2"])?),
             state,
             key: creds.verifying_key()?,
             key_id: creds.key_id.clone(),
