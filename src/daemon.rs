@@ -320,7 +320,7 @@ impl Intake {
                 info!("Home Assistant is online: publishing discovery");
                 self.announce_all().await;
             }
-            self.mqtt.ack(&m.publish).await;
+            self.mqtt.ack(&m.publish);
             return;
         }
         let press = match sources::decode(&self.prefix, &m.topic, &m.payload) {
@@ -328,20 +328,20 @@ impl Intake {
             Ok(Some(pairing)) => return self.on_pairing(pairing, &m).await,
             Ok(None) => {
                 debug!(topic = %m.topic, "message on a topic we do not handle");
-                self.mqtt.ack(&m.publish).await;
+                self.mqtt.ack(&m.publish);
                 return;
             }
             Err(e) => {
                 self.ringer.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 warn!(topic = %m.topic, error = %e, "malformed message ignored");
-                self.mqtt.ack(&m.publish).await;
+                self.mqtt.ack(&m.publish);
                 return;
             }
         };
         match self.ringer.press(press, &m.topic, received_at).await {
             Ok(result) => {
                 // The ring is in the database: only now may the broker forget the press.
-                self.mqtt.ack(&m.publish).await;
+                self.mqtt.ack(&m.publish);
                 match result {
                     PressResult::Ring(job) => {
                         let (outbox, stop, for_ha) = (self.outbox.clone(), self.stop.clone(), job.clone());

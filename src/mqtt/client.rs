@@ -235,11 +235,10 @@ impl MqttHandle {
         &self.prefix
     }
 
-    /// Acknowledges a QoS 1 message once its effect is durable.
-    pub async fn ack(&self, publish: &Publish) {
-        if let Err(e) = self.client.ack(publish).await {
-            debug!(error = %e, "MQTT ack not queued");
-        }
+    /// Acknowledges a QoS 1 message once its effect is durable, without waiting on the
+    /// client's queue (see [`MqttHandle::reply_and_ack`]).
+    pub fn ack(&self, publish: &Publish) {
+        self.reply_and_ack(None, publish);
     }
 
     /// Publishes `payload` on `P/<suffix>` and acks `publish` without waiting on the client's
