@@ -264,12 +264,15 @@ impl Outbox {
                 (retry, retry_seqs, hint)
             };
             let ((), (retry, retry_seqs, hint)) = tokio::join!(send, record);
+            // Backoff grows only while rounds settle nothing: a round that answered some
+            // phones (say, a connection that drops now and then) retries the rest promptly.
+            let progressed = retry.len() < targets.len();
             pending = retry;
             seqs = retry_seqs;
             if pending.is_empty() {
                 break;
             }
-            attempt += 1;
+            attempt = if progressed { 1 } else { attempt + 1 };
             let jitter = rand::thread_rng().gen::<f64>();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(wait) = self.settings.retry.delay(attempt, remaining, jitter, hint) else {

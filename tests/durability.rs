@@ -144,6 +144,8 @@ async fn apples_bad_days_still_deliver_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_dropped_without_goaway_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    eprintln!("DIR {}", dir.path().display());
+    let dir = Box::leak(Box::new(dir));
     let d = dir.path();
     let broker = Mosquitto::start(d);
     let sim = start_sim_with(d, Faults { drop_after: 700, ..Default::default() }, 1000).await;

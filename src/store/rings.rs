@@ -200,18 +200,41 @@ impl Store {
     pub fn record_outcomes(&mut self, ring_id: &str, batch: &[OutcomeRow]) -> Result<Recorded> {
         let now = crate::now_ms();
         let mut rec = Recorded::default();
+        // Deliveries are nearly all of a big ring: runs of consecutive sequence numbers are
+        // written with one range statement each instead of two statements per phone.
+        let mut delivered: Vec<i64> = batch.iter().filter(|r| r.outcome == Outcome::Delivered).map(|r| r.seq).collect();
+        delivered.sort_unstable();
         let tx = self.conn.transaction()?;
         {
+            let mut set_run = tx.prepare_cached(
+                "UPDATE ring_phones SET state = 'delivered', reason = NULL, attempts = attempts + 1, updated_at = ?4
+                 WHERE ring_id = ?1 AND seq BETWEEN ?2 AND ?3",
+            )?;
+            // Unchanged outcomes are not rewritten.
+            let mut set_run_phones = tx.prepare_cached(
+                "UPDATE phones SET last_outcome = 'delivered', last_outcome_at = ?4
+                 WHERE id IN (SELECT phone_id FROM ring_phones WHERE ring_id = ?1 AND seq BETWEEN ?2 AND ?3)
+                   AND last_outcome IS NOT 'delivered'",
+            )?;
+            let mut i = 0;
+            while i < delivered.len() {
+                let mut j = i;
+                while j + 1 < delivered.len() && delivered[j + 1] == delivered[j] + 1 {
+                    j += 1;
+                }
+                set_run.execute(params![ring_id, delivered[i], delivered[j], now])?;
+                set_run_phones.execute(params![ring_id, delivered[i], delivered[j], now])?;
+                i = j + 1;
+            }
             let mut set_state = tx.prepare_cached(
                 "UPDATE ring_phones SET state = ?3, reason = ?4, attempts = attempts + 1, updated_at = ?5 WHERE ring_id = ?1 AND seq = ?2",
             )?;
-            // By rowid, in job order; unchanged outcomes are not rewritten.
             let mut set_phone = tx.prepare_cached(
                 "UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE id = ?1 AND last_outcome IS NOT ?2",
             )?;
             let mut prune =
                 tx.prepare_cached("DELETE FROM phones WHERE token = ?1 AND (?2 IS NULL OR registered_at <= ?2)")?;
-            for row in batch {
+            for row in batch.iter().filter(|r| r.outcome != Outcome::Delivered) {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
                 if let Outcome::Prune { since, .. } = &row.outcome {
@@ -223,10 +246,7 @@ impl Store {
                         set_phone.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
                     }
                 } else {
-                    let last = match &row.outcome {
-                        Outcome::Delivered => "delivered".to_string(),
-                        o => format!("{}: {}", o.state(), reason.as_deref().unwrap_or("")),
-                    };
+                    let last = format!("{}: {}", row.outcome.state(), reason.as_deref().unwrap_or(""));
                     set_phone.execute(params![row.phone_id, last, now])?;
                 }
                 set_state.execute(params![ring_id, row.seq, state, reason, now])?;
@@ -402,6 +422,33 @@ mod tests {
         assert!(matches!(s.create_ring(&press("r3", 1_004_000, 1_004_000)).unwrap(), RingStart::Created(_)));
         assert_eq!(s.create_ring(&press("r4", 1_000, 1_000_000)).unwrap(), RingStart::Expired { ring_id: "r4".into() });
         assert_eq!(s.unfinished_rings().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn delivered_runs_are_written_by_range_around_other_outcomes() {
+        let (_d, mut s) = setup();
+        for i in 4..=6 {
+            s.add_phone("o", &format!("{i:02x}").repeat(32), Environment::Production, None, None).unwrap();
+        }
+        let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
+        assert_eq!(job.phones.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+        let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
+        // Answers arrive out of order; seq 2 fails in the middle of a run of deliveries.
+        let batch: Vec<OutcomeRow> = [5, 2, 0, 4, 1]
+            .iter()
+            .map(|&i| {
+                let p = &job.phones[i];
+                let outcome = if i == 2 { failed.clone() } else { Outcome::Delivered };
+                OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome }
+            })
+            .collect();
+        s.record_outcomes("r1", &batch).unwrap();
+        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        assert_eq!(states, ["delivered", "delivered", "failed", "pending", "delivered", "delivered"]);
+        let last: Vec<Option<String>> = s.list_phones().unwrap().into_iter().map(|p| p.last_outcome).collect();
+        assert_eq!(last[0].as_deref(), Some("delivered"));
+        assert_eq!(last[2].as_deref(), Some("failed: BadTopic"));
+        assert_eq!(last[3], None, "seq 3 had no answer yet");
     }
 
     #[test]
