@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -97,30 +97,11 @@ impl BinarySim {
         cancel: CancellationToken,
         feedback: bool,
     ) -> Result<SocketAddr, String> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    // cancel-safe: nothing is lost by stopping here
-                    _ = cancel.cancelled() => break,
-                    // cancel-safe: accept() loses no connection when dropped
-                    r = listener.accept() => match r {
-                        Ok((tcp, _)) => {
-                            let (me, cancel) = (self.clone(), cancel.clone());
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = cancel.cancelled() => {}
-                                    r = me.serve(tcp, feedback) => if let Err(e) = r { debug!(error = %e, "sim legacy connection ended") },
-                                }
-                            });
-                        }
-                        Err(e) => debug!(error = %e, "sim accept failed"),
-                    }
-                }
-            }
-        });
-        Ok(local)
+        super::listen(addr, cancel, move |tcp| {
+            let me = self.clone();
+            async move { me.serve(tcp, feedback).await }
+        })
+        .await
     }
 
     async fn serve(&self, tcp: TcpStream, feedback: bool) -> Result<(), String> {

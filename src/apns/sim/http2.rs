@@ -13,10 +13,9 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 const PUSH_TYPES: &[&str] =
     &["alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity", "pushtotalk"];
@@ -65,31 +64,7 @@ impl Http2Sim {
 
     /// Binds and serves until `cancel`; returns the bound address.
     pub async fn listen(self: Arc<Self>, addr: SocketAddr, cancel: CancellationToken) -> Result<SocketAddr, String> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    // cancel-safe: nothing is lost by stopping here
-                    _ = cancel.cancelled() => break,
-                    // cancel-safe: accept() loses no connection when dropped
-                    r = listener.accept() => match r {
-                        Ok((tcp, _)) => {
-                            let me = self.clone();
-                            let cancel = cancel.clone();
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = cancel.cancelled() => {}
-                                    r = me.serve(tcp) => if let Err(e) = r { debug!(error = %e, "sim connection ended") },
-                                }
-                            });
-                        }
-                        Err(e) => debug!(error = %e, "sim accept failed"),
-                    }
-                }
-            }
-        });
-        Ok(local)
+        super::listen(addr, cancel, move |tcp| self.clone().serve(tcp)).await
     }
 
     async fn serve(self: Arc<Self>, tcp: TcpStream) -> Result<(), String> {

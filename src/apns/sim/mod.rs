@@ -244,6 +244,40 @@ impl SimState {
     }
 }
 
+/// Binds `addr` and serves every connection with `serve` in its own task until `cancel`;
+/// returns the bound address. Shared by the HTTP/2, gateway and feedback listeners.
+pub(crate) async fn listen<F, Fut>(addr: SocketAddr, cancel: CancellationToken, serve: F) -> Result<SocketAddr, String>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                // cancel-safe: nothing is lost by stopping here
+                _ = cancel.cancelled() => break,
+                // cancel-safe: accept() loses no connection when dropped
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => {
+                        let (conn, cancel) = (serve(tcp), cancel.clone());
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "sim connection ended") },
+                            }
+                        });
+                    }
+                    Err(e) => tracing::debug!(error = %e, "sim accept failed"),
+                }
+            }
+        }
+    });
+    Ok(local)
+}
+
 /// A running simulator.
 pub struct Sim {
     pub http2_addr: Option<SocketAddr>,
