@@ -459,8 +459,8 @@ pub async fn ring(cli: &Cli, id: &str) -> Result<(), CliError> {
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Run => {
+            // daemon::run checks the key files before opening anything (exit 2 below).
             let cfg = load(&cli.config_path())?;
-            cfg.check_files()?;
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();

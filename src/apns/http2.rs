@@ -143,8 +143,6 @@ struct Inner {
     next_conn_id: AtomicU64,
     /// Set by a credentials 403: the transport stops instead of hammering Apple.
     stopped: Mutex<Option<Reason>>,
-    /// The `apns-topic` of probe requests.
-    probe_topic: Arc<str>,
     /// The last SETTINGS_MAX_CONCURRENT_STREAMS any connection saw (starts at our cap).
     server_limit: Arc<AtomicUsize>,
 }
@@ -191,7 +189,6 @@ impl Http2Client {
                 pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
                 next_conn_id: AtomicU64::new(1),
                 stopped: Mutex::new(None),
-                probe_topic: settings.topic.as_str().into(),
                 server_limit: Arc::new(AtomicUsize::new(settings.max_streams as usize)),
                 settings,
             }),
@@ -506,7 +503,7 @@ impl Http2Client {
         let connected_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header().1);
         let msg = Message {
-            topic: self.inner.probe_topic.clone(),
+            topic: self.inner.settings.topic.as_str().into(),
             payload: Bytes::from_static(br#"{"aps":{"alert":"dingdong diag"}}"#),
             expiration: 0,
             collapse_id: "dingdong-diag".into(),

@@ -280,11 +280,6 @@ impl MqttHandle {
         self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|_| MqttError::Closed)
     }
 
-    /// Publishes a raw topic (used by `dingdong ring` to act as a bridge).
-    pub async fn publish_raw(&self, topic: String, payload: Vec<u8>) -> Result<(), MqttError> {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| MqttError::Closed)
-    }
-
     /// Publishes the offline status and disconnects cleanly (the last will covers crashes).
     pub async fn shutdown(&self) {
         let offline = serde_json::json!({"state": "offline", "gateway": self.gateway});

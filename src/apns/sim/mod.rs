@@ -330,7 +330,7 @@ impl Sim {
         Ok(Sim { http2_addr, binary_addr, feedback_addr, state, credentials, cancel })
     }
 
-    /// A config file for dingdong pointing at this simulator, for the demo and tests.
+    /// The `apns.endpoint` value that points dingdong at this simulator's HTTP/2 API.
     pub fn endpoint(&self) -> Option<String> {
         self.http2_addr.map(|a| format!("https://{a}"))
     }
