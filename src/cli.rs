@@ -379,7 +379,7 @@ fn phone(store: &mut Store, cmd: &PhoneCmd) -> Result<(), CliError> {
             if *json {
                 print_json(&phones);
             } else {
-                println!("{:>6} {:<16} {:<10} {:<11} {:<20} LAST OUTCOME", "ID", "USER", "TOKEN", "ENV", "NAME");
+                println!("{:>6} {:<16} {:<10} {:<11} {:<20} LAST PROBLEM", "ID", "USER", "TOKEN", "ENV", "NAME");
                 for p in phones {
                     println!(
                         "{:>6} {:<16} {:<10} {:<11} {:<20} {}",

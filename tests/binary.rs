@@ -169,13 +169,12 @@ async fn simple_120k_one_percent_invalid_loses_nothing_silently() {
     assert!(dupes <= window, "{dupes} duplicates");
     let store = Store::open(&db).unwrap();
     let delivered: Vec<String> = store
-        .conn()
-        .prepare("SELECT token FROM ring_phones WHERE state = 'delivered'")
+        .ring_states(&s.ring_id)
         .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .into_iter()
+        .filter(|l| l.state == "delivered")
+        .map(|l| l.token)
+        .collect();
     assert_eq!(delivered.len() as i64, s.delivered);
     assert!(delivered.iter().all(|t| counts.contains_key(t)), "recorded delivered => received");
     assert!(s.delivered > 0 && valid.len() > s.delivered as usize);

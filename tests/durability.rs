@@ -64,9 +64,8 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     until("the second ring under way", || sim.state.accepted.load(Ordering::Relaxed) >= before + 3_000).await;
     assert_eq!(daemon.terminate(), Some(0));
     let store = Store::open(&d.join("dingdong.db")).unwrap();
-    let pending: i64 =
-        store.conn().query_row("SELECT COUNT(*) FROM ring_phones WHERE state = 'pending'", [], |r| r.get(0)).unwrap();
-    assert!(pending > 0, "SIGTERM left the unsent phones pending");
+    let ring = store.recent_rings(1).unwrap().remove(0);
+    assert!(ring.state == "pending" && ring.pending > 0, "SIGTERM left the unsent phones pending: {ring:?}");
     drop(store);
     let daemon = Daemon::spawn(&cfg, d);
     let outcome = obs.ring_outcome().await;

@@ -35,7 +35,7 @@ pub struct RingJob {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPhone {
-    /// Position in the ring's job (the `ring_phones` key).
+    /// Position in the ring's job (phone-id order): consecutive deliveries are recorded as one run.
     pub seq: i64,
     pub phone_id: i64,
     /// Shared with the transport's targets: a big ring holds each token once.
@@ -71,7 +71,7 @@ pub struct RingSummary {
     pub expired: i64,
 }
 
-/// One phone's line of a ring outcome; the token shortened to 8 hex characters.
+/// One phone's line of a ring outcome (published with the token shortened to 8 hex characters).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PhoneOutcome {
     pub phone_id: i64,
@@ -81,33 +81,43 @@ pub struct PhoneOutcome {
     pub reason: Option<String>,
 }
 
-/// The phones a press of `doorbell` reaches, on a connection or inside a transaction.
+/// The phones a press of `doorbell` reaches, on a connection or inside a transaction: the
+/// owner's and every shared user's, in phone-id order, each token once (the oldest
+/// registration wins). Each user's phones are read in id order through `phones_user`, so a
+/// building of 120,000 phones is one sequential pass with no sort in SQLite.
 pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<JobPhone>> {
+    let users: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT owner_id FROM doorbells WHERE id = ?1 UNION SELECT user_id FROM shares WHERE doorbell_id = ?1",
+        )?
+        .query_map([doorbell], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut st = conn.prepare_cached(
-        "SELECT MIN(p.id), p.token, p.environment, p.topic FROM phones p
-         WHERE p.user_id IN (SELECT owner_id FROM doorbells WHERE id = ?1
-                             UNION SELECT user_id FROM shares WHERE doorbell_id = ?1)
-         GROUP BY p.token ORDER BY MIN(p.id)",
+        "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id",
     )?;
-    let rows = st.query_map([doorbell], |r| job_phone(r, 0))?;
-    let mut phones = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut phones = Vec::new();
+    for user in &users {
+        let mut rows = st.query([user])?;
+        while let Some(r) = rows.next()? {
+            phones.push(JobPhone {
+                seq: 0,
+                phone_id: r.get(0)?,
+                token: Arc::from(r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?),
+                environment: Environment::parse(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)
+                    .unwrap_or(Environment::Production),
+                topic: r.get(3)?,
+            });
+        }
+    }
+    if users.len() > 1 {
+        phones.sort_unstable_by_key(|p| p.phone_id);
+        let mut seen = std::collections::HashSet::with_capacity(phones.len());
+        phones.retain(|p| seen.insert(p.token.clone()));
+    }
     for (seq, p) in phones.iter_mut().enumerate() {
         p.seq = seq as i64;
     }
     Ok(phones)
-}
-
-/// Reads `(phone_id, token, environment, topic[, seq])` starting at column `at`.
-fn job_phone(r: &rusqlite::Row, seq_col: usize) -> rusqlite::Result<JobPhone> {
-    let env: String = r.get(2)?;
-    let token: String = r.get(1)?;
-    Ok(JobPhone {
-        seq: if seq_col > 0 { r.get(seq_col)? } else { 0 },
-        phone_id: r.get(0)?,
-        token: token.into(),
-        environment: Environment::parse(&env).unwrap_or(Environment::Production),
-        topic: r.get(3)?,
-    })
 }
 
 /// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
@@ -127,7 +137,29 @@ pub struct Recorded {
     pub kept: usize,
 }
 
+/// What a ring's phones have come to: the settled counts, and the recorded outcomes.
+struct Settled {
+    /// Deliveries recorded as runs of phone ids, `(lo, hi)` sorted by `lo`.
+    runs: Vec<(i64, i64)>,
+    run_phones: i64,
+    /// Phone id -> `(token, environment, state, reason)` of every other final outcome.
+    outcomes: std::collections::HashMap<i64, (String, String, String, Option<String>)>,
+}
+
+impl Settled {
+    fn count(&self) -> i64 {
+        self.run_phones + self.outcomes.len() as i64
+    }
+
+    fn in_run(&self, phone_id: i64) -> bool {
+        let i = self.runs.partition_point(|&(lo, _)| lo <= phone_id);
+        i > 0 && self.runs[i - 1].1 >= phone_id
+    }
+}
+
 impl Store {
+    /// Records a press. A new ring is one row (with its recipient count), written before
+    /// the first send; its phones are the doorbell's recipients, read here, not copied.
     pub fn create_ring(&mut self, p: &Press) -> Result<RingStart> {
         let tx = self.conn.transaction()?;
         let exists: Option<i64> =
@@ -159,30 +191,12 @@ impl Store {
             tx.commit()?;
             return Ok(RingStart::Expired { ring_id: p.ring_id.into() });
         }
+        let phones = recipients_on(&tx, p.doorbell_id)?;
         tx.execute(
-            "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
-            params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at],
+            "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, phones)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+            params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at, phones.len()],
         )?;
-        let phones = {
-            let recipients = recipients_on(&tx, p.doorbell_id)?;
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO ring_phones (ring_id, seq, token, phone_id, environment, topic, state, updated_at)
-                 VALUES (?1, ?7, ?2, ?3, ?4, ?5, 'pending', ?6)",
-            )?;
-            for ph in &recipients {
-                ins.execute(params![
-                    p.ring_id,
-                    &*ph.token,
-                    ph.phone_id,
-                    ph.environment.as_str(),
-                    ph.topic,
-                    p.received_at,
-                    ph.seq
-                ])?;
-            }
-            recipients
-        };
         tx.commit()?;
         Ok(RingStart::Created(RingJob {
             ring_id: p.ring_id.into(),
@@ -195,41 +209,45 @@ impl Store {
         }))
     }
 
-    /// Records a batch of outcomes in one transaction. Prunes dead tokens, unless the phone
-    /// was registered again after Apple's timestamp.
+    /// Records a batch of outcomes in one transaction. A run of consecutive deliveries (by
+    /// `seq`, the place in the job, which is phone-id order) is one row, however long; every
+    /// other outcome is one row. Prunes dead tokens, unless the phone was registered again
+    /// after Apple's timestamp. A phone's `last_outcome` (its last problem) is written only
+    /// when it changes.
     pub fn record_outcomes(&mut self, ring_id: &str, batch: &[OutcomeRow]) -> Result<Recorded> {
         let now = crate::now_ms();
         let mut rec = Recorded::default();
-        // Deliveries are nearly all of a big ring: runs of consecutive sequence numbers are
-        // written with one range statement each instead of two statements per phone.
-        let mut delivered: Vec<i64> = batch.iter().filter(|r| r.outcome == Outcome::Delivered).map(|r| r.seq).collect();
+        let mut delivered: Vec<(i64, i64)> =
+            batch.iter().filter(|r| r.outcome == Outcome::Delivered).map(|r| (r.seq, r.phone_id)).collect();
         delivered.sort_unstable();
         let tx = self.conn.transaction()?;
         {
-            let mut set_run = tx.prepare_cached(
-                "UPDATE ring_phones SET state = 'delivered', reason = NULL, attempts = attempts + 1, updated_at = ?4
-                 WHERE ring_id = ?1 AND seq BETWEEN ?2 AND ?3",
-            )?;
-            // Unchanged outcomes are not rewritten.
-            let mut set_run_phones = tx.prepare_cached(
-                "UPDATE phones SET last_outcome = 'delivered', last_outcome_at = ?4
-                 WHERE id IN (SELECT phone_id FROM ring_phones WHERE ring_id = ?1 AND seq BETWEEN ?2 AND ?3)
-                   AND last_outcome IS NOT 'delivered'",
+            let mut add_run =
+                tx.prepare_cached("INSERT INTO ring_runs (ring_id, lo, hi, phones, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            // Problems of the household's phones in the run are cleared; the partial index
+            // makes this touch only phones that have one.
+            let mut clear_problems = tx.prepare_cached(
+                "UPDATE phones SET last_outcome = NULL, last_outcome_at = NULL
+                 WHERE last_outcome IS NOT NULL AND id BETWEEN ?2 AND ?3
+                   AND user_id IN (SELECT owner_id FROM doorbells WHERE id = (SELECT doorbell_id FROM rings WHERE id = ?1)
+                                   UNION SELECT user_id FROM shares WHERE doorbell_id = (SELECT doorbell_id FROM rings WHERE id = ?1))",
             )?;
             let mut i = 0;
             while i < delivered.len() {
                 let mut j = i;
-                while j + 1 < delivered.len() && delivered[j + 1] == delivered[j] + 1 {
+                while j + 1 < delivered.len() && delivered[j + 1].0 == delivered[j].0 + 1 {
                     j += 1;
                 }
-                set_run.execute(params![ring_id, delivered[i], delivered[j], now])?;
-                set_run_phones.execute(params![ring_id, delivered[i], delivered[j], now])?;
+                let (lo, hi) = (delivered[i].1, delivered[j].1);
+                add_run.execute(params![ring_id, lo, hi, j - i + 1, now])?;
+                clear_problems.execute(params![ring_id, lo, hi])?;
                 i = j + 1;
             }
-            let mut set_state = tx.prepare_cached(
-                "UPDATE ring_phones SET state = ?3, reason = ?4, attempts = attempts + 1, updated_at = ?5 WHERE ring_id = ?1 AND seq = ?2",
+            let mut add_outcome = tx.prepare_cached(
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
+                 VALUES (?1, ?2, ?3, (SELECT environment FROM phones WHERE id = ?2), ?4, ?5, ?6)",
             )?;
-            let mut set_phone = tx.prepare_cached(
+            let mut set_problem = tx.prepare_cached(
                 "UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE id = ?1 AND last_outcome IS NOT ?2",
             )?;
             let mut prune =
@@ -237,46 +255,98 @@ impl Store {
             for row in batch.iter().filter(|r| r.outcome != Outcome::Delivered) {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
+                // Written before a prune deletes the phone (the environment comes from it).
+                add_outcome.execute(params![ring_id, row.phone_id, &*row.token, state, reason, now])?;
                 if let Outcome::Prune { since, .. } = &row.outcome {
                     if prune.execute(params![&*row.token, since])? > 0 {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
                         state = "failed";
-                        set_phone.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
+                        tx.execute(
+                            "UPDATE ring_outcomes SET state = 'failed' WHERE ring_id = ?1 AND phone_id = ?2",
+                            params![ring_id, row.phone_id],
+                        )?;
+                        set_problem.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
                     }
                 } else {
-                    let last = format!("{}: {}", row.outcome.state(), reason.as_deref().unwrap_or(""));
-                    set_phone.execute(params![row.phone_id, last, now])?;
+                    let last = format!("{state}: {}", reason.as_deref().unwrap_or(""));
+                    set_problem.execute(params![row.phone_id, last, now])?;
                 }
-                set_state.execute(params![ring_id, row.seq, state, reason, now])?;
             }
         }
         tx.commit()?;
         Ok(rec)
     }
 
-    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring.
-    pub fn finish_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        let now = crate::now_ms();
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE ring_phones SET state = 'expired', reason = COALESCE(reason, 'Expired'), updated_at = ?2 WHERE ring_id = ?1 AND state = 'pending'",
-            params![ring_id, now],
+    /// What is recorded for `ring_id` so far.
+    fn settled(&self, ring_id: &str) -> Result<Settled> {
+        let mut runs = Vec::new();
+        let mut run_phones = 0;
+        let mut st = self.conn.prepare_cached("SELECT lo, hi, phones FROM ring_runs WHERE ring_id = ?1 ORDER BY lo")?;
+        let mut rows = st.query([ring_id])?;
+        while let Some(r) = rows.next()? {
+            runs.push((r.get(0)?, r.get(1)?));
+            run_phones += r.get::<_, i64>(2)?;
+        }
+        let mut st = self.conn.prepare_cached(
+            "SELECT phone_id, token, environment, state, reason FROM ring_outcomes WHERE ring_id = ?1",
         )?;
+        let outcomes = st
+            .query_map([ring_id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Settled { runs, run_phones, outcomes })
+    }
+
+    /// The doorbell's current recipients that `ring_id` has not settled yet, numbered as a job.
+    fn pending_phones(&self, doorbell: &str, settled: &Settled) -> Result<Vec<JobPhone>> {
+        let mut phones = recipients_on(&self.conn, doorbell)?;
+        phones.retain(|p| !settled.outcomes.contains_key(&p.phone_id) && !settled.in_run(p.phone_id));
+        for (seq, p) in phones.iter_mut().enumerate() {
+            p.seq = seq as i64;
+        }
+        Ok(phones)
+    }
+
+    /// Records every phone of `ring_id` still pending as `expired` and closes the ring in
+    /// `state`. The ring's phone count becomes what was settled plus what expired.
+    fn close_ring(&mut self, ring_id: &str, state: &str) -> Result<RingSummary> {
+        let now = crate::now_ms();
+        let (doorbell, phones): (String, i64) =
+            self.conn.query_row("SELECT doorbell_id, phones FROM rings WHERE id = ?1", [ring_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let settled = self.settled(ring_id)?;
+        // Nearly always nothing is left: then the recipients are not read again.
+        let left = if phones > settled.count() { self.pending_phones(&doorbell, &settled)? } else { Vec::new() };
+        let tx = self.conn.transaction()?;
+        {
+            let mut expire = tx.prepare_cached(
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'expired', 'Expired', ?5)",
+            )?;
+            for p in &left {
+                expire.execute(params![ring_id, p.phone_id, &*p.token, p.environment.as_str(), now])?;
+            }
+        }
         tx.execute(
-            "UPDATE rings SET state = 'done', finished_at = ?2 WHERE id = ?1 AND state = 'pending'",
-            params![ring_id, now],
+            "UPDATE rings SET state = ?2, finished_at = ?3, phones = ?4 WHERE id = ?1 AND state = 'pending'",
+            params![ring_id, state, now, settled.count() + left.len() as i64],
         )?;
         tx.commit()?;
         self.ring_summary(ring_id)
     }
 
+    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring.
+    pub fn finish_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
+        self.close_ring(ring_id, "done")
+    }
+
     pub fn ring_summary(&self, ring_id: &str) -> Result<RingSummary> {
-        let (doorbell, state, pressed_at, presses): (String, String, i64, i64) = self.conn.query_row(
-            "SELECT doorbell_id, state, pressed_at, presses FROM rings WHERE id = ?1",
+        let (doorbell, state, pressed_at, presses, phones): (String, String, i64, i64, i64) = self.conn.query_row(
+            "SELECT doorbell_id, state, pressed_at, presses, phones FROM rings WHERE id = ?1",
             [ring_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
         let mut s = RingSummary {
             ring_id: ring_id.into(),
@@ -284,51 +354,76 @@ impl Store {
             state,
             pressed_at,
             presses,
-            phones: 0,
+            phones,
             delivered: 0,
             failed: 0,
             pruned: 0,
             pending: 0,
             expired: 0,
         };
+        s.delivered = self.conn.query_row(
+            "SELECT COALESCE(SUM(phones), 0) FROM ring_runs WHERE ring_id = ?1",
+            [ring_id],
+            |r| r.get(0),
+        )?;
         let mut st =
-            self.conn.prepare_cached("SELECT state, COUNT(*) FROM ring_phones WHERE ring_id = ?1 GROUP BY state")?;
+            self.conn.prepare_cached("SELECT state, COUNT(*) FROM ring_outcomes WHERE ring_id = ?1 GROUP BY state")?;
         let rows = st.query_map([ring_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
-            s.phones += n;
             match state.as_str() {
-                "delivered" => s.delivered = n,
+                "delivered" => s.delivered += n,
                 "failed" => s.failed = n,
                 "pruned" => s.pruned = n,
-                "pending" => s.pending = n,
                 "expired" => s.expired = n,
                 _ => {}
             }
         }
+        s.pending = (s.phones - s.delivered - s.failed - s.pruned - s.expired).max(0);
         Ok(s)
     }
 
-    /// Per-phone lines of a ring (tokens shortened), at most `limit`.
+    /// Per-phone lines of a ring (tokens shortened), in phone-id order, at most `limit`.
     pub fn ring_phones(&self, ring_id: &str, limit: usize) -> Result<Vec<PhoneOutcome>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT phone_id, token, environment, state, reason FROM ring_phones WHERE ring_id = ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = st.query_map(params![ring_id, limit as i64], |r| {
-            let token: String = r.get(1)?;
-            Ok(PhoneOutcome {
-                phone_id: r.get(0)?,
-                token: crate::util::short_token(&token).to_string(),
-                environment: r.get(2)?,
-                state: r.get(3)?,
-                reason: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut lines = self.ring_states(ring_id)?;
+        lines.truncate(limit);
+        for l in &mut lines {
+            l.token = crate::util::short_token(&l.token).to_string();
+        }
+        Ok(lines)
     }
 
-    /// Rings left unfinished by a crash or a shutdown, with their still-pending phones.
-    pub fn unfinished_rings(&self) -> Result<Vec<RingJob>> {
+    /// Every phone of a ring with its whole token, in phone-id order: each recorded outcome,
+    /// and the doorbell's recipients as delivered (inside a run) or pending.
+    pub fn ring_states(&self, ring_id: &str) -> Result<Vec<PhoneOutcome>> {
+        let doorbell: String =
+            self.conn.query_row("SELECT doorbell_id FROM rings WHERE id = ?1", [ring_id], |r| r.get(0))?;
+        let mut settled = self.settled(ring_id)?;
+        let mut lines = Vec::new();
+        for p in recipients_on(&self.conn, &doorbell)? {
+            if settled.outcomes.contains_key(&p.phone_id) {
+                continue;
+            }
+            let state = if settled.in_run(p.phone_id) { "delivered" } else { "pending" };
+            lines.push(PhoneOutcome {
+                phone_id: p.phone_id,
+                token: p.token.to_string(),
+                environment: p.environment.as_str().to_string(),
+                state: state.to_string(),
+                reason: None,
+            });
+        }
+        for (phone_id, (token, environment, state, reason)) in settled.outcomes.drain() {
+            lines.push(PhoneOutcome { phone_id, token, environment, state, reason });
+        }
+        lines.sort_unstable_by_key(|l| l.phone_id);
+        Ok(lines)
+    }
+
+    /// Rings left unfinished by a crash or a shutdown, with their still-pending phones: the
+    /// doorbell's recipients now, minus what the ring already settled. A phone removed since
+    /// is not sent; the ring's phone count follows.
+    pub fn unfinished_rings(&mut self) -> Result<Vec<RingJob>> {
         let mut st = self.conn.prepare(
             "SELECT id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at FROM rings WHERE state = 'pending' ORDER BY pressed_at",
         )?;
@@ -345,26 +440,21 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut ph = self
-            .conn
-            .prepare("SELECT phone_id, token, environment, topic, seq FROM ring_phones WHERE ring_id = ?1 AND state = 'pending' ORDER BY seq")?;
+        drop(st);
         for j in &mut jobs {
-            j.phones = ph.query_map([&j.ring_id], |r| job_phone(r, 4))?.collect::<rusqlite::Result<_>>()?;
+            let settled = self.settled(&j.ring_id)?;
+            j.phones = self.pending_phones(&j.doorbell_id, &settled)?;
+            self.conn.execute(
+                "UPDATE rings SET phones = ?2 WHERE id = ?1",
+                params![j.ring_id, settled.count() + j.phones.len() as i64],
+            )?;
         }
         Ok(jobs)
     }
 
     /// Marks a ring expired (its time ran out while nobody could send it).
     pub fn expire_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        let now = crate::now_ms();
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE ring_phones SET state = 'expired', reason = 'Expired', updated_at = ?2 WHERE ring_id = ?1 AND state = 'pending'",
-            params![ring_id, now],
-        )?;
-        tx.execute("UPDATE rings SET state = 'expired', finished_at = ?2 WHERE id = ?1", params![ring_id, now])?;
-        tx.commit()?;
-        self.ring_summary(ring_id)
+        self.close_ring(ring_id, "expired")
     }
 
     /// The newest rings, for diag.
@@ -424,6 +514,39 @@ mod tests {
         assert_eq!(s.unfinished_rings().unwrap().len(), 2);
     }
 
+    /// A restart resumes what is left: the recipients now, minus what was settled. A phone
+    /// removed meanwhile is not sent; one that expires is recorded so.
+    #[test]
+    fn resume_sends_what_is_left_and_expiry_records_the_rest() {
+        let (_d, mut s) = setup();
+        for i in 4..=6 {
+            s.add_phone("o", &format!("{i:02x}").repeat(32), Environment::Production, None, None).unwrap();
+        }
+        let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
+        let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
+        let batch: Vec<OutcomeRow> = [(0, Outcome::Delivered), (1, Outcome::Delivered), (3, failed)]
+            .into_iter()
+            .map(|(i, outcome)| {
+                let p = &job.phones[i];
+                OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome }
+            })
+            .collect();
+        s.record_outcomes("r1", &batch).unwrap();
+        s.remove_phone(&job.phones[5].token).unwrap();
+        let jobs = s.unfinished_rings().unwrap();
+        let left: Vec<i64> = jobs[0].phones.iter().map(|p| p.phone_id).collect();
+        assert_eq!(left, [job.phones[2].phone_id, job.phones[4].phone_id]);
+        assert_eq!(jobs[0].phones.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1]);
+        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        assert_eq!(states, ["delivered", "delivered", "pending", "failed", "pending"]);
+        let sum = s.expire_ring("r1").unwrap();
+        assert_eq!(
+            (sum.state.as_str(), sum.phones, sum.delivered, sum.failed, sum.expired, sum.pending),
+            ("expired", 5, 2, 1, 2, 0)
+        );
+        assert!(s.unfinished_rings().unwrap().is_empty());
+    }
+
     #[test]
     fn delivered_runs_are_written_by_range_around_other_outcomes() {
         let (_d, mut s) = setup();
@@ -446,9 +569,17 @@ mod tests {
         let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
         assert_eq!(states, ["delivered", "delivered", "failed", "pending", "delivered", "delivered"]);
         let last: Vec<Option<String>> = s.list_phones().unwrap().into_iter().map(|p| p.last_outcome).collect();
-        assert_eq!(last[0].as_deref(), Some("delivered"));
+        assert_eq!(last[0], None, "a delivery records no problem");
         assert_eq!(last[2].as_deref(), Some("failed: BadTopic"));
-        assert_eq!(last[3], None, "seq 3 had no answer yet");
+        // Three runs (0-1, 4-5 and nothing else): the failure splits them.
+        let runs: i64 = s.conn.query_row("SELECT COUNT(*) FROM ring_runs", [], |r| r.get(0)).unwrap();
+        assert_eq!(runs, 2);
+        // A later delivery clears the phone's problem.
+        let p = &job.phones[3];
+        let row = OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome: Outcome::Delivered };
+        s.record_outcomes("r1", &[row]).unwrap();
+        let sum = s.finish_ring("r1").unwrap();
+        assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending, sum.expired), (6, 5, 1, 0, 0));
     }
 
     #[test]

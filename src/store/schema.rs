@@ -130,6 +130,41 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rate_events_scope ON rate_events(scope, at);
     "#,
+    // 4 (outbox v2): a ring's phones are no longer copied when it starts (copying 120,000 rows
+    // cost half a second before the first send). A ring keeps its recipient count; a run of
+    // deliveries is one `ring_runs` row (phone ids lo..=hi, `phones` of them); every other final
+    // outcome is one `ring_outcomes` row. What is pending is the doorbell's recipients minus
+    // both. `phones.last_outcome` now holds the last problem only: a delivery clears it, and a
+    // phone without a problem is never rewritten.
+    r#"
+    ALTER TABLE rings ADD COLUMN phones INTEGER NOT NULL DEFAULT 0;
+    UPDATE rings SET phones = (SELECT COUNT(*) FROM ring_phones WHERE ring_id = rings.id);
+    CREATE TABLE ring_outcomes (
+        ring_id     TEXT NOT NULL REFERENCES rings(id) ON DELETE CASCADE,
+        phone_id    INTEGER NOT NULL,
+        token       TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('delivered', 'failed', 'pruned', 'expired')),
+        reason      TEXT,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (ring_id, phone_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
+        SELECT ring_id, phone_id, token, environment, state, reason, updated_at FROM ring_phones
+        WHERE state != 'pending';
+    CREATE TABLE ring_runs (
+        ring_id     TEXT NOT NULL REFERENCES rings(id) ON DELETE CASCADE,
+        lo          INTEGER NOT NULL,
+        hi          INTEGER NOT NULL,
+        phones      INTEGER NOT NULL,
+        at          INTEGER NOT NULL
+    );
+    CREATE INDEX ring_runs_ring ON ring_runs(ring_id, lo);
+    DROP TABLE ring_phones;
+    CREATE INDEX phones_user ON phones(user_id);
+    UPDATE phones SET last_outcome = NULL, last_outcome_at = NULL WHERE last_outcome LIKE 'delivered%';
+    CREATE INDEX phones_problem ON phones(id) WHERE last_outcome IS NOT NULL;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
