@@ -229,3 +229,60 @@ async fn refused_credentials_stop_the_transport_and_are_reported() {
     assert!(rejected <= 3, "{rejected} refused requests");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// A connection that stops answering: after `apns.request_timeout` without an answer, every
+/// request in flight on it comes back as a retry (the outbox resends them), and the next batch
+/// goes out on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() {
+    use dingdong::apns::auth::JwtMinter;
+    use dingdong::apns::http2::{Credentials, Http2Client, Http2Settings};
+    use dingdong::apns::{Environment, Message, Outcome, Reason, Target};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    // The simulator answers only after a minute: the connection looks stalled.
+    let sim = start_sim_with(dir.path(), Faults { latency: Duration::from_secs(60), ..Default::default() }, 1000).await;
+    let c = &sim.credentials;
+    let minter = JwtMinter::from_p8_file(&c.key_file, &c.key_id, &c.team_id).unwrap();
+    let addr = sim.http2_addr.unwrap();
+    let client = Http2Client::new(
+        Credentials::Token(Arc::new(minter)),
+        Http2Settings {
+            endpoint: Some((addr.ip().to_string(), addr.port())),
+            ca_file: Some(c.ca_file.clone()),
+            max_streams: 100,
+            max_connections: 1,
+            request_timeout: Duration::from_millis(300),
+            topic: TOPIC.into(),
+        },
+    )
+    .unwrap();
+    let msg = Arc::new(Message {
+        topic: TOPIC.into(),
+        payload: bytes::Bytes::from_static(br#"{"aps":{"alert":"ding"}}"#),
+        expiration: 0,
+        collapse_id: "front".into(),
+        priority: 10,
+    });
+    let targets: Arc<[Target]> = (0..5)
+        .map(|n| Target { phone_id: n as i64, token: token(n).into(), environment: Environment::Production })
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let t0 = Instant::now();
+    client.send(msg, targets, tx, &tokio_util::sync::CancellationToken::new()).await;
+    let waited = t0.elapsed();
+    let mut outcomes = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        outcomes.push(o);
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+    assert_eq!(outcomes.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2, 3, 4], "one outcome per phone");
+    for (_, o) in &outcomes {
+        assert!(
+            matches!(o, Outcome::Retry { reason: Reason::Connection(why), .. } if why.contains("timed out")),
+            "{o:?}"
+        );
+    }
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(30), "{waited:?}");
+}

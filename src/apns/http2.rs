@@ -13,7 +13,7 @@ use super::{Environment, Message, Outcome, Reason, Target};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::client::SendRequest;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderName, HeaderValue, Method, Request};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,35 +47,55 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The parts of a request that are the same for every phone of a lane: built once.
 struct Prepared {
     authority: http::uri::Authority,
-    topic: HeaderValue,
-    priority: HeaderValue,
-    expiration: HeaderValue,
-    collapse_id: HeaderValue,
+    /// `apns-topic`, `apns-push-type`, `apns-priority`, `apns-expiration`, `apns-collapse-id`
+    /// and room for `authorization`: each request clones this map instead of hashing and
+    /// inserting six headers.
+    headers: http::HeaderMap,
     payload: Bytes,
 }
 
 impl Prepared {
     fn new(env: Environment, msg: &Message) -> Result<Prepared, String> {
-        Ok(Prepared {
-            authority: http::uri::Authority::from_static(env.host()),
-            topic: HeaderValue::from_str(&msg.topic)
+        let mut headers = http::HeaderMap::with_capacity(8);
+        headers.insert(
+            HeaderName::from_static("apns-topic"),
+            HeaderValue::from_str(&msg.topic)
                 .map_err(|_| format!("apns-topic '{}' is not a header value", msg.topic))?,
-            priority: HeaderValue::from(msg.priority as u16),
-            expiration: HeaderValue::from(msg.expiration),
-            collapse_id: HeaderValue::from_str(&msg.collapse_id)
-                .map_err(|_| "the collapse id is not a header value".to_string())?,
-            payload: msg.payload.clone(),
-        })
+        );
+        headers.insert(HeaderName::from_static("apns-push-type"), HeaderValue::from_static("alert"));
+        headers.insert(HeaderName::from_static("apns-priority"), HeaderValue::from(msg.priority as u16));
+        headers.insert(HeaderName::from_static("apns-expiration"), HeaderValue::from(msg.expiration));
+        headers.insert(
+            HeaderName::from_static("apns-collapse-id"),
+            HeaderValue::from_str(&msg.collapse_id).map_err(|_| "the collapse id is not a header value".to_string())?,
+        );
+        headers.reserve(1);
+        Ok(Prepared { authority: http::uri::Authority::from_static(env.host()), headers, payload: msg.payload.clone() })
+    }
+
+    /// The request for `token`, with the provider token if there is one.
+    fn request(&self, token: &str, bearer: Option<&HeaderValue>) -> Result<Request<()>, ReqError> {
+        let mut path = bytes::BytesMut::with_capacity(DEVICE_PATH.len() + token.len());
+        path.extend_from_slice(DEVICE_PATH.as_bytes());
+        path.extend_from_slice(token.as_bytes());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::from_maybe_shared(path.freeze()).map_err(ReqError::failed)?);
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(ReqError::failed)?;
+        let mut headers = self.headers.clone();
+        if let Some(b) = bearer {
+            headers.insert(http::header::AUTHORIZATION, b.clone());
+        }
+        *req.headers_mut() = headers;
+        Ok(req)
     }
 }
 
-/// How one request ended, as far as the lane is concerned.
-enum Sent {
-    /// The server answered, or it may have processed the request: an outcome.
-    Answered(Outcome),
-    /// The server never processed it (refused before or by GOAWAY): resend at once.
-    Refused,
-}
+const DEVICE_PATH: &str = "/3/device/";
 
 enum ReqError {
     Refused,
@@ -301,6 +321,10 @@ impl Http2Client {
     /// One connection's share of a batch: keeps its window of streams full until the shared
     /// cursor runs out. Requests the server refused unprocessed (above a GOAWAY's last stream
     /// id) are resent at once on a fresh connection; anything else goes back as an outcome.
+    ///
+    /// One timer per lane, not one per request: when requests are in flight and no answer has
+    /// come for `apns.request_timeout`, the connection is taken as stalled, everything in
+    /// flight on it goes back as a retry and the lane moves to a fresh connection.
     #[allow(clippy::too_many_arguments)]
     async fn lane(
         &self,
@@ -314,15 +338,21 @@ impl Http2Client {
         stop: CancellationToken,
     ) {
         let prep = match Prepared::new(env, &msg) {
-            Ok(p) => Arc::new(p),
+            Ok(p) => p,
             Err(why) => {
                 warn!(error = %why, "cannot build the request headers");
                 return;
             }
         };
+        let timeout = self.inner.settings.request_timeout;
+        let mut send = conn.send.clone();
         let mut inflight = FuturesUnordered::new();
+        let mut flying = InFlight::new(targets.len());
         let mut redo: Vec<usize> = Vec::new();
         let mut replaced_without_answer = 0u32;
+        let stall = tokio::time::sleep(timeout);
+        tokio::pin!(stall);
+        let mut last_answer = tokio::time::Instant::now();
         loop {
             if !conn.alive() && inflight.is_empty() {
                 if stop.is_cancelled() || (redo.is_empty() && cursor.load(Ordering::Acquire) >= idx.len()) {
@@ -337,6 +367,7 @@ impl Http2Client {
                     Ok(c) => {
                         debug!(old = conn.id, new = c.id, "lane moved to a fresh connection");
                         conn = c;
+                        send = conn.send.clone();
                         replaced_without_answer += 1;
                     }
                     Err(why) => {
@@ -353,6 +384,7 @@ impl Http2Client {
             } else {
                 1
             };
+            let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header());
             while inflight.len() < window && conn.alive() && !stop.is_cancelled() {
                 let i = match redo.pop() {
                     Some(i) => i,
@@ -365,42 +397,72 @@ impl Http2Client {
                         i
                     }
                 };
-                inflight.push(self.send_one(conn.clone(), prep.clone(), targets[i].token.clone(), i));
+                if inflight.is_empty() {
+                    last_answer = tokio::time::Instant::now(); // the clock starts with the first request
+                }
+                match start(&mut send, &prep, &targets[i].token, bearer.as_ref().map(|b| &b.1)).await {
+                    Ok(resp) => {
+                        flying.set(i, true);
+                        let rejected = bearer.as_ref().map(|b| b.0.clone());
+                        inflight.push(async move { (i, answer(resp).await, rejected) });
+                    }
+                    Err(ReqError::Refused) => {
+                        conn.closed.store(true, Ordering::Release);
+                        redo.push(i);
+                        break;
+                    }
+                    Err(ReqError::Failed(why)) => {
+                        let _ = out.send((i, Outcome::Retry { reason: Reason::Connection(why), after: None }));
+                    }
+                }
             }
-            match inflight.next().await {
-                Some((i, Sent::Answered(outcome))) => {
-                    replaced_without_answer = 0;
-                    let _ = out.send((i, outcome));
+            tokio::select! {
+                biased;
+                // cancel-safe: FuturesUnordered::next keeps the other futures
+                next = inflight.next() => match next {
+                    Some((i, answered, bearer)) => {
+                        flying.set(i, false);
+                        match answered {
+                            Ok((status, _, body)) => {
+                                conn.confirmed.store(true, Ordering::Release);
+                                replaced_without_answer = 0;
+                                last_answer = tokio::time::Instant::now();
+                                let outcome = self.judge(status, &body, bearer.as_deref(), &targets[i].token);
+                                let _ = out.send((i, outcome));
+                            }
+                            Err(ReqError::Refused) => {
+                                conn.closed.store(true, Ordering::Release);
+                                redo.push(i);
+                            }
+                            Err(ReqError::Failed(why)) => {
+                                debug!(conn = conn.id, error = %why, "request failed");
+                                let _ = out.send((i, Outcome::Retry { reason: Reason::Connection(why), after: None }));
+                            }
+                        }
+                    }
+                    None if conn.alive() || stop.is_cancelled() => break,
+                    None => {}
+                },
+                // cancel-safe: the timer is only re-armed or acted on here
+                () = &mut stall, if !inflight.is_empty() => {
+                    let due = last_answer + timeout;
+                    if tokio::time::Instant::now() < due {
+                        stall.as_mut().reset(due);
+                    } else {
+                        warn!(conn = conn.id, requests = inflight.len(), "no answer from APNs within the request timeout: replacing the connection");
+                        conn.closed.store(true, Ordering::Release);
+                        inflight = FuturesUnordered::new();
+                        for i in flying.drain() {
+                            let _ = out.send((i, Outcome::Retry { reason: Reason::Connection("request timed out".into()), after: None }));
+                        }
+                    }
                 }
-                Some((i, Sent::Refused)) => {
-                    conn.closed.store(true, Ordering::Release);
-                    redo.push(i);
-                }
-                None if conn.alive() || stop.is_cancelled() => break,
-                None => {}
             }
         }
     }
 
     fn window(&self, conn: &Conn) -> usize {
         (self.inner.settings.max_streams as usize).min(conn.server_limit.load(Ordering::Relaxed)).max(1)
-    }
-
-    async fn send_one(&self, conn: Arc<Conn>, prep: Arc<Prepared>, token: Arc<str>, i: usize) -> (usize, Sent) {
-        let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header());
-        let sent = match self.request_full(&conn, &prep, &prep.payload, &token, bearer.as_ref().map(|b| &b.1)).await {
-            Ok((status, _, body)) => {
-                conn.confirmed.store(true, Ordering::Release);
-                conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
-                Sent::Answered(self.judge(status, &body, bearer.as_ref().map(|b| &*b.0), &token))
-            }
-            Err(ReqError::Refused) => Sent::Refused,
-            Err(ReqError::Failed(why)) => {
-                debug!(conn = conn.id, error = %why, "request failed");
-                Sent::Answered(Outcome::Retry { reason: Reason::Connection(why), after: None })
-            }
-        };
-        (i, sent)
     }
 
     /// Reads Apple's answer into an outcome, with the side effects the answer asks for.
@@ -439,61 +501,6 @@ impl Http2Client {
         outcome
     }
 
-    async fn request_full(
-        &self,
-        conn: &Conn,
-        prep: &Prepared,
-        payload: &Bytes,
-        token: &str,
-        bearer: Option<&HeaderValue>,
-    ) -> Result<(u16, http::HeaderMap, Bytes), ReqError> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTPS);
-        parts.authority = Some(prep.authority.clone());
-        parts.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(format!("/3/device/{token}")))
-                .map_err(ReqError::failed)?,
-        );
-        let uri = http::Uri::from_parts(parts).map_err(ReqError::failed)?;
-        let mut req = Request::new(());
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        h.reserve(6);
-        if let Some(b) = bearer {
-            h.insert(http::header::AUTHORIZATION, b.clone());
-        }
-        h.insert("apns-topic", prep.topic.clone());
-        h.insert("apns-push-type", HeaderValue::from_static("alert"));
-        h.insert("apns-priority", prep.priority.clone());
-        h.insert("apns-expiration", prep.expiration.clone());
-        h.insert("apns-collapse-id", prep.collapse_id.clone());
-        let msg_payload = payload;
-
-        let fut = async {
-            // Until the request is handed over, the server has not seen it: safe to resend.
-            let mut send = conn.send.clone().ready().await.map_err(|_| ReqError::Refused)?;
-            let (resp, mut body) = send.send_request(req, false).map_err(|_| ReqError::Refused)?;
-            body.send_data(msg_payload.clone(), true).map_err(ReqError::h2)?;
-            let resp = resp.await.map_err(ReqError::h2)?;
-            let status = resp.status().as_u16();
-            let (parts, mut recv) = resp.into_parts();
-            let mut data = Vec::new();
-            while let Some(chunk) = recv.data().await {
-                let chunk = chunk.map_err(ReqError::h2)?;
-                let _ = recv.flow_control().release_capacity(chunk.len());
-                if data.len() < 4096 {
-                    data.extend_from_slice(&chunk);
-                }
-            }
-            Ok::<_, ReqError>((status, parts.headers, Bytes::from(data)))
-        };
-        match tokio::time::timeout(self.inner.settings.request_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ReqError::Failed("request timed out".into())),
-        }
-    }
-
     /// One request to `token` on a fresh connection, answered in full: what `diag` uses to
     /// prove the credentials (a deliberately invalid token must come back BadDeviceToken)
     /// and read the server's clock and settings.
@@ -510,11 +517,17 @@ impl Http2Client {
             priority: 10,
         };
         let prep = Prepared::new(env, &msg)?;
-        let (status, headers, body) =
-            self.request_full(&conn, &prep, &msg.payload, token, bearer.as_ref()).await.map_err(|e| match e {
-                ReqError::Refused => "the server refused the request".to_string(),
-                ReqError::Failed(why) => why,
-            })?;
+        let mut send = conn.send.clone();
+        let asked = async {
+            let resp = start(&mut send, &prep, token, bearer.as_ref()).await?;
+            answer(resp).await
+        };
+        let (status, headers, body) = match tokio::time::timeout(self.inner.settings.request_timeout, asked).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(ReqError::Refused)) => return Err("the server refused the request".into()),
+            Ok(Err(ReqError::Failed(why))) => return Err(why),
+            Err(_) => return Err("request timed out".into()),
+        };
         let reason = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["reason"].as_str().map(Reason::parse));
@@ -649,5 +662,69 @@ impl Http2Client {
             Ok(r) => r,
             Err(_) => Err(format!("connect {host}:{port}: timed out")),
         }
+    }
+}
+
+/// Hands one request to the connection: after this, the server may have processed it.
+async fn start(
+    send: &mut SendRequest<Bytes>,
+    prep: &Prepared,
+    token: &str,
+    bearer: Option<&HeaderValue>,
+) -> Result<h2::client::ResponseFuture, ReqError> {
+    let req = prep.request(token, bearer)?;
+    // Until the request is handed over, the server has not seen it: safe to resend.
+    std::future::poll_fn(|cx| send.poll_ready(cx)).await.map_err(|_| ReqError::Refused)?;
+    let (resp, mut body) = send.send_request(req, false).map_err(|_| ReqError::Refused)?;
+    body.send_data(prep.payload.clone(), true).map_err(ReqError::h2)?;
+    Ok(resp)
+}
+
+/// The answer to one request: status, headers and up to 4 KB of body.
+async fn answer(resp: h2::client::ResponseFuture) -> Result<(u16, http::HeaderMap, Bytes), ReqError> {
+    let resp = resp.await.map_err(ReqError::h2)?;
+    let status = resp.status().as_u16();
+    let (parts, mut recv) = resp.into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(ReqError::h2)?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        if data.len() < 4096 {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    Ok((status, parts.headers, Bytes::from(data)))
+}
+
+/// Which of a batch's phones have a request in flight on one lane: a bit per phone.
+struct InFlight {
+    bits: Vec<u64>,
+}
+
+impl InFlight {
+    fn new(n: usize) -> InFlight {
+        InFlight { bits: vec![0; n.div_ceil(64)] }
+    }
+
+    fn set(&mut self, i: usize, on: bool) {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        if on {
+            self.bits[w] |= b;
+        } else {
+            self.bits[w] &= !b;
+        }
+    }
+
+    /// Every phone in flight, forgetting them.
+    fn drain(&mut self) -> Vec<usize> {
+        let mut v = Vec::new();
+        for (w, word) in self.bits.iter_mut().enumerate() {
+            while *word != 0 {
+                let b = word.trailing_zeros() as usize;
+                *word &= *word - 1;
+                v.push(w * 64 + b);
+            }
+        }
+        v
     }
 }

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::RecvStream;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use rand::Rng;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,8 @@ pub struct Http2Sim {
     clock_skew_secs: i64,
     /// Verified JWTs, so each distinct token costs one ECDSA verification (as at Apple).
     jwts: Mutex<HashMap<String, Result<i64, &'static str>>>,
+    /// The `date` header and the second it says.
+    date: Mutex<(i64, HeaderValue)>,
 }
 
 /// Why a request was refused: status, reason, optional 410 timestamp.
@@ -59,6 +62,7 @@ impl Http2Sim {
             faults,
             clock_skew_secs,
             jwts: Mutex::new(HashMap::new()),
+            date: Mutex::new((-1, HeaderValue::from_static(""))),
         }))
     }
 
@@ -113,6 +117,17 @@ impl Http2Sim {
         crate::now_ms() + self.clock_skew_secs * 1000
     }
 
+    /// The `date` header for now, formatted once a second.
+    fn date(&self) -> HeaderValue {
+        let now = self.now_ms().max(0);
+        let mut cached = self.date.lock().expect("date lock");
+        if cached.0 != now / 1000 {
+            let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now as u64));
+            *cached = (now / 1000, HeaderValue::from_str(&text).expect("an HTTP date is a header value"));
+        }
+        cached.1.clone()
+    }
+
     async fn handle(
         &self,
         req: Request<RecvStream>,
@@ -120,37 +135,44 @@ impl Http2Sim {
         cert_env: Option<Option<Environment>>,
     ) {
         let cert_auth = cert_env.is_some();
-        let date = httpdate::fmt_http_date(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.now_ms().max(0) as u64),
-        );
+        let date = self.date();
         let (parts, mut body) = req.into_parts();
-        let path = parts.uri.path().to_string();
+        let path = parts.uri.path();
         if parts.method == http::Method::GET && path.starts_with("/sim/") {
-            let json = match path.as_str() {
+            let json = match path {
                 "/sim/stats" => self.state.stats(),
                 "/sim/received" => serde_json::to_value(self.state.received()).unwrap_or_default(),
                 _ => serde_json::json!({"reason": "BadPath"}),
             };
-            reply(&mut respond, 200, None, &date, Some(json.to_string().into()));
+            reply(&mut respond, 200, None, date, Some(json.to_string().into()));
             return;
         }
-        let mut payload = Vec::new();
+        // Nearly every payload arrives as one DATA frame: kept as it came, not copied.
+        let mut payload = Bytes::new();
         let mut too_large = false;
         while let Some(chunk) = body.data().await {
             let Ok(chunk) = chunk else { return };
             let _ = body.flow_control().release_capacity(chunk.len());
             if payload.len() + chunk.len() > MAX_PAYLOAD {
                 too_large = true;
+            } else if payload.is_empty() {
+                payload = chunk;
             } else {
-                payload.extend_from_slice(&chunk);
+                let mut joined = Vec::with_capacity(payload.len() + chunk.len());
+                joined.extend_from_slice(&payload);
+                joined.extend_from_slice(&chunk);
+                payload = joined.into();
             }
         }
-        let apns_id = parts
-            .headers
-            .get("apns-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // A well-formed apns-id is echoed; otherwise (absent, or refused below) a fresh one.
+        let apns_id = match parts.headers.get("apns-id") {
+            Some(v) if v.to_str().is_ok_and(|id| uuid::Uuid::try_parse(id).is_ok()) => v.clone(),
+            _ => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+                HeaderValue::from_str(id).expect("a UUID is a header value")
+            }
+        };
         if !self.faults.latency.is_zero() {
             tokio::time::sleep(self.faults.latency).await;
         }
@@ -161,24 +183,24 @@ impl Http2Sim {
                 Err((503, "ServiceUnavailable", None))
             }
         } else {
-            self.check(&parts, &path, &payload, too_large, cert_env)
+            self.check(&parts, path, &payload, too_large, cert_env)
         };
         match verdict {
             Ok((token, env)) => {
                 self.state.record_accept(|| Received {
-                    token,
+                    token: token.into_owned(),
                     environment: env,
-                    topic: header(&parts.headers, "apns-topic"),
-                    push_type: header(&parts.headers, "apns-push-type"),
-                    priority: header(&parts.headers, "apns-priority"),
-                    expiration: header(&parts.headers, "apns-expiration"),
-                    collapse_id: header(&parts.headers, "apns-collapse-id"),
-                    apns_id: apns_id.clone(),
+                    topic: header(&parts.headers, "apns-topic").map(str::to_string),
+                    push_type: header(&parts.headers, "apns-push-type").map(str::to_string),
+                    priority: header(&parts.headers, "apns-priority").map(str::to_string),
+                    expiration: header(&parts.headers, "apns-expiration").map(str::to_string),
+                    collapse_id: header(&parts.headers, "apns-collapse-id").map(str::to_string),
+                    apns_id: apns_id.to_str().unwrap_or_default().to_string(),
                     auth: if cert_auth { "certificate" } else { "token" },
                     payload: serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
                     at_us: crate::now_us(),
                 });
-                reply(&mut respond, 200, Some(&apns_id), &date, None);
+                reply(&mut respond, 200, Some(apns_id), date, None);
             }
             Err((status, reason, ts)) => {
                 self.state.record_reject(reason);
@@ -186,20 +208,20 @@ impl Http2Sim {
                     Some(t) => serde_json::json!({"reason": reason, "timestamp": t}),
                     None => serde_json::json!({"reason": reason}),
                 };
-                reply(&mut respond, status, Some(&apns_id), &date, Some(body.to_string().into()));
+                reply(&mut respond, status, Some(apns_id), date, Some(body.to_string().into()));
             }
         }
     }
 
     /// Apple's checks; `Ok((token, environment))` when the notification is accepted.
-    fn check(
+    fn check<'a>(
         &self,
         parts: &http::request::Parts,
-        path: &str,
+        path: &'a str,
         payload: &[u8],
         too_large: bool,
         cert_env: Option<Option<Environment>>,
-    ) -> Result<(String, Environment), Refusal> {
+    ) -> Result<(Cow<'a, str>, Environment), Refusal> {
         let cert_auth = cert_env.is_some();
         if parts.method != http::Method::POST {
             return Err((405, "MethodNotAllowed", None));
@@ -220,7 +242,8 @@ impl Http2Sim {
             "apns-id",
             "authorization",
         ] {
-            if h.get_all(name).iter().count() > 1 {
+            let mut all = h.get_all(name).iter();
+            if all.next().is_some() && all.next().is_some() {
                 return Err((400, "DuplicateHeaders", None));
             }
         }
@@ -231,17 +254,16 @@ impl Http2Sim {
             Some(Some(cert)) if cert != env => return Err((403, "BadCertificateEnvironment", None)),
             Some(_) => {}
         }
-        let topic = header(h, "apns-topic");
-        if topic.is_none() && !cert_auth {
+        if header(h, "apns-topic").is_none() && !cert_auth {
             return Err((400, "MissingTopic", None));
         }
         if let Some(t) = header(h, "apns-push-type") {
-            if !PUSH_TYPES.contains(&t.as_str()) {
+            if !PUSH_TYPES.contains(&t) {
                 return Err((400, "InvalidPushType", None));
             }
         }
         if let Some(p) = header(h, "apns-priority") {
-            if !matches!(p.as_str(), "1" | "5" | "10") {
+            if !matches!(p, "1" | "5" | "10") {
                 return Err((400, "BadPriority", None));
             }
         }
@@ -253,7 +275,7 @@ impl Http2Sim {
         if header(h, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
             return Err((400, "BadCollapseId", None));
         }
-        if header(h, "apns-id").is_some_and(|id| uuid::Uuid::try_parse(&id).is_err()) {
+        if header(h, "apns-id").is_some_and(|id| uuid::Uuid::try_parse(id).is_err()) {
             return Err((400, "BadMessageId", None));
         }
         if too_large {
@@ -262,11 +284,21 @@ impl Http2Sim {
         if payload.is_empty() {
             return Err((400, "PayloadEmpty", None));
         }
-        let token = token.to_ascii_lowercase();
-        // An all-zero token is never issued: diag's deliberately invalid probe token.
-        if crate::apns::normalize_token(&token).as_deref() != Ok(token.as_str()) || token.bytes().all(|b| b == b'0') {
+        // Hex of a size Apple issues; an all-zero token is never issued (diag's deliberately
+        // invalid probe token).
+        let bytes = token.len() / 2;
+        if token.len() % 2 != 0
+            || !(crate::apns::TOKEN_MIN_BYTES..=crate::apns::TOKEN_MAX_BYTES).contains(&bytes)
+            || !token.bytes().all(|b| b.is_ascii_hexdigit())
+            || token.bytes().all(|b| b == b'0')
+        {
             return Err((400, "BadDeviceToken", None));
         }
+        let token = if token.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(token.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(token)
+        };
         self.state.judge_token(&token, env)?;
         Ok((token, env))
     }
@@ -303,21 +335,30 @@ impl Http2Sim {
     }
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn reply(respond: &mut SendResponse<Bytes>, status: u16, apns_id: Option<&str>, date: &str, body: Option<Bytes>) {
-    let mut resp = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("date", date);
-    if let Some(id) = apns_id {
-        resp = resp.header("apns-id", id);
+fn reply(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    apns_id: Option<HeaderValue>,
+    date: HeaderValue,
+    body: Option<Bytes>,
+) {
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(http::header::DATE, date);
+    if let Some(mut id) = apns_id {
+        // Unique per response: never worth a place in the HPACK table, where it would only
+        // push out the headers that do repeat.
+        id.set_sensitive(true);
+        h.insert(HeaderName::from_static("apns-id"), id);
     }
     if body.is_some() {
-        resp = resp.header("content-type", "application/json");
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    let resp = resp.body(()).expect("static response parts are valid");
     match body {
         None => {
             let _ = respond.send_response(resp, true);
