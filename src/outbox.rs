@@ -10,7 +10,7 @@ use crate::apns::binary::BinarySender;
 use crate::apns::http2::Http2Client;
 use crate::apns::{ring_payload, Message, Outcome, Target};
 use crate::mqtt::MqttHandle;
-use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary};
+use crate::store::rings::{JobPhone, OutcomeRow, PhoneOutcome, RingJob, RingSummary};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
@@ -26,6 +26,9 @@ const BATCH: usize = 2048;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Rings with more phones than this publish counts only, not one line per phone.
 const DETAIL_LIMIT: usize = 100;
+
+/// The phones of a ring that share an app topic: their targets and places in the job.
+type TopicGroup = (Option<String>, Arc<[Target]>, Vec<i64>);
 
 /// The APNs transport a daemon runs with.
 #[derive(Clone)]
@@ -129,7 +132,7 @@ impl Outbox {
 
     /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
     /// (then the unanswered phones stay pending in the database for the next start).
-    pub async fn deliver(&self, job: RingJob, stop: CancellationToken) -> Option<RingReport> {
+    pub async fn deliver(&self, mut job: RingJob, stop: CancellationToken) -> Option<RingReport> {
         let payload = match ring_payload(&job.doorbell_id, &job.doorbell_name, &job.ring_id, &self.settings.sound) {
             Ok(p) => p,
             Err(e) => {
@@ -137,15 +140,26 @@ impl Outbox {
                 return None;
             }
         };
-        // One message per app topic (nearly always one).
-        let mut groups: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
-        for p in &job.phones {
-            let (targets, seqs) = groups.entry(p.topic.clone()).or_default();
-            targets.push(Target { phone_id: p.phone_id, token: p.token.clone(), environment: p.environment });
-            seqs.push(p.seq);
-        }
+        // One message per app topic (nearly always one). The job's phones are moved into the
+        // transport's targets, not copied: a 120,000-phone ring holds each token once.
+        let phones = std::mem::take(&mut job.phones);
+        let one_topic = phones.windows(2).all(|w| w[0].topic == w[1].topic);
+        let target = |p: JobPhone| Target { phone_id: p.phone_id, token: p.token, environment: p.environment };
+        let groups: Vec<TopicGroup> = if one_topic {
+            let topic = phones.first().and_then(|p| p.topic.clone());
+            let seqs = phones.iter().map(|p| p.seq).collect();
+            vec![(topic, phones.into_iter().map(target).collect(), seqs)]
+        } else {
+            let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
+            for mut p in phones {
+                let (targets, seqs) = by_topic.entry(p.topic.take()).or_default();
+                seqs.push(p.seq);
+                targets.push(target(p));
+            }
+            by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, targets.into(), seqs)).collect()
+        };
         let mut latency = Latency::default();
-        for (topic, (targets, seqs)) in groups {
+        for (topic, targets, seqs) in groups {
             let msg = Arc::new(Message {
                 topic: topic.map(Arc::from).unwrap_or_else(|| self.settings.topic.clone()),
                 payload: payload.clone(),
@@ -205,7 +219,7 @@ impl Outbox {
         &self,
         job: &RingJob,
         msg: Arc<Message>,
-        mut pending: Vec<Target>,
+        mut pending: Arc<[Target]>,
         mut seqs: Vec<i64>,
         stop: &CancellationToken,
         latency: &mut Latency,
@@ -219,7 +233,7 @@ impl Outbox {
             if stop.is_cancelled() {
                 return false;
             }
-            let targets: Arc<[Target]> = pending.into();
+            let targets = pending;
             let job_seqs = std::mem::take(&mut seqs);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let send = self.transport.send(msg.clone(), targets.clone(), tx, stop);
@@ -267,7 +281,8 @@ impl Outbox {
             // Backoff grows only while rounds settle nothing: a round that answered some
             // phones (say, a connection that drops now and then) retries the rest promptly.
             let progressed = retry.len() < targets.len();
-            pending = retry;
+            drop(targets);
+            pending = retry.into();
             seqs = retry_seqs;
             if pending.is_empty() {
                 break;

@@ -228,8 +228,16 @@ async fn unreachable_gateway_hands_everything_back_as_retry() {
     settings.backoff = Duration::from_millis(1);
     let snd = BinarySender::new(&identity(&sim), Some(&sim.credentials.ca_file), settings).unwrap();
     let targets: Arc<[Target]> = (0..5)
-        .map(|i| Target { phone_id: i as i64, token: token(i).into(), environment: Environment::Production })
-        .chain([Target { phone_id: 9, token: token(9).into(), environment: Environment::Sandbox }])
+        .map(|i| Target {
+            phone_id: i as i64,
+            token: dingdong::apns::Token::from_hex(&token(i)).unwrap(),
+            environment: Environment::Production,
+        })
+        .chain([Target {
+            phone_id: 9,
+            token: dingdong::apns::Token::from_hex(&token(9)).unwrap(),
+            environment: Environment::Sandbox,
+        }])
         .collect();
     let msg = Arc::new(Message {
         topic: "t".into(),

@@ -266,7 +266,11 @@ async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() 
         priority: 10,
     });
     let targets: Arc<[Target]> = (0..5)
-        .map(|n| Target { phone_id: n as i64, token: token(n).into(), environment: Environment::Production })
+        .map(|n| Target {
+            phone_id: n as i64,
+            token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
+            environment: Environment::Production,
+        })
         .collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let t0 = Instant::now();

@@ -9,7 +9,7 @@
 //! No SQL here.
 
 use super::auth::{ClientIdentity, JwtMinter};
-use super::{Environment, Message, Outcome, Reason, Target};
+use super::{Environment, Message, Outcome, Reason, Target, Token};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::client::SendRequest;
@@ -74,15 +74,15 @@ impl Prepared {
     }
 
     /// The request for `token`, with the provider token if there is one.
-    fn request(&self, token: &str, bearer: Option<&HeaderValue>) -> Result<Request<()>, ReqError> {
-        let mut path = bytes::BytesMut::with_capacity(DEVICE_PATH.len() + token.len());
+    fn request(&self, token: &Token, bearer: Option<&HeaderValue>) -> Result<Request<()>, ReqError> {
+        let mut path = Vec::with_capacity(DEVICE_PATH.len() + 2 * token.bytes().len());
         path.extend_from_slice(DEVICE_PATH.as_bytes());
-        path.extend_from_slice(token.as_bytes());
+        token.write_hex(&mut path);
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         parts.authority = Some(self.authority.clone());
         parts.path_and_query =
-            Some(http::uri::PathAndQuery::from_maybe_shared(path.freeze()).map_err(ReqError::failed)?);
+            Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(path)).map_err(ReqError::failed)?);
         let mut req = Request::new(());
         *req.method_mut() = Method::POST;
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(ReqError::failed)?;
@@ -466,7 +466,7 @@ impl Http2Client {
     }
 
     /// Reads Apple's answer into an outcome, with the side effects the answer asks for.
-    fn judge(&self, status: u16, body: &[u8], bearer: Option<&str>, token: &str) -> Outcome {
+    fn judge(&self, status: u16, body: &[u8], bearer: Option<&str>, token: &Token) -> Outcome {
         if status == 200 {
             return Outcome::Delivered;
         }
@@ -494,7 +494,7 @@ impl Http2Client {
                 }
             }
             Some(r) => {
-                debug!(token = crate::util::short_token(token), status, reason = %r, "APNs refused a notification")
+                debug!(token = %token.short(), status, reason = %r, "APNs refused a notification")
             }
             None => {}
         }
@@ -505,6 +505,7 @@ impl Http2Client {
     /// prove the credentials (a deliberately invalid token must come back BadDeviceToken)
     /// and read the server's clock and settings.
     pub async fn probe(&self, env: Environment, token: &str) -> Result<Probe, String> {
+        let token = Token::from_hex(token).ok_or_else(|| format!("'{token}' is not a device token"))?;
         let t0 = std::time::Instant::now();
         let conn = self.connect(env).await?;
         let connected_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -519,7 +520,7 @@ impl Http2Client {
         let prep = Prepared::new(env, &msg)?;
         let mut send = conn.send.clone();
         let asked = async {
-            let resp = start(&mut send, &prep, token, bearer.as_ref()).await?;
+            let resp = start(&mut send, &prep, &token, bearer.as_ref()).await?;
             answer(resp).await
         };
         let (status, headers, body) = match tokio::time::timeout(self.inner.settings.request_timeout, asked).await {
@@ -669,7 +670,7 @@ impl Http2Client {
 async fn start(
     send: &mut SendRequest<Bytes>,
     prep: &Prepared,
-    token: &str,
+    token: &Token,
     bearer: Option<&HeaderValue>,
 ) -> Result<h2::client::ResponseFuture, ReqError> {
     let req = prep.request(token, bearer)?;

@@ -118,8 +118,67 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub phone_id: i64,
-    pub token: Arc<str>,
+    pub token: Token,
     pub environment: Environment,
+}
+
+/// A device token as Apple issued it: bytes, written as lowercase hex. The usual 32 bytes
+/// are held inline, so a 120,000-phone ring holds its tokens without 120,000 allocations;
+/// longer tokens (Apple reserves the right to issue them) share one allocation each.
+/// `Debug` shows the first 8 hex characters only, as the logs do.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Token {
+    Inline([u8; 32]),
+    Long(Arc<[u8]>),
+}
+
+impl Token {
+    /// The token of a hex string of [`TOKEN_MIN_BYTES`]..=[`TOKEN_MAX_BYTES`] bytes (either
+    /// case; see [`normalize_token`] for what users may type).
+    pub fn from_hex(hex: &str) -> Option<Token> {
+        let n = hex.len() / 2;
+        if hex.len() % 2 != 0 || !(TOKEN_MIN_BYTES..=TOKEN_MAX_BYTES).contains(&n) {
+            return None;
+        }
+        if n == 32 {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(hex, &mut b).ok()?;
+            Some(Token::Inline(b))
+        } else {
+            Some(Token::Long(hex::decode(hex).ok()?.into()))
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Token::Inline(b) => b,
+            Token::Long(b) => b,
+        }
+    }
+
+    /// Appends the lowercase hex (what APNs' request path and the database hold) to `out`.
+    pub fn write_hex(&self, out: &mut Vec<u8>) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in self.bytes() {
+            out.push(DIGITS[(b >> 4) as usize]);
+            out.push(DIGITS[(b & 15) as usize]);
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.bytes())
+    }
+
+    /// The first 8 hex characters: all a log line or a report may show.
+    pub fn short(&self) -> String {
+        hex::encode(&self.bytes()[..4])
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({}…)", self.short())
+    }
 }
 
 /// Apple's reasons (HTTP/2 `reason`, legacy status codes mapped to the nearest one).

@@ -380,7 +380,7 @@ mod tests {
         s.add_phone("friend", &tok(1), Environment::Production, None, None).unwrap();
         s.add_phone("outsider", &tok(4), Environment::Production, None, None).unwrap();
         let r = s.recipients("front").unwrap();
-        let tokens: Vec<String> = r.iter().map(|r| r.token.to_string()).collect();
+        let tokens: Vec<String> = r.iter().map(|r| r.token.hex()).collect();
         assert_eq!(tokens, vec![tok(1), tok(2), tok(3)]);
         assert_eq!(r[1].environment, Environment::Sandbox);
         s.unshare("front", "friend").unwrap();

@@ -534,7 +534,7 @@ mod tests {
         };
         let r = replace(&a.secret, a.phone_id, &tok(3), "nonce-000000000001", now);
         assert!(matches!(s.phone_request(&r, &lim, now).unwrap(), Ok(PhoneDone::Token { .. })));
-        assert_eq!(&*s.recipients("front").unwrap()[0].token, tok(3).as_str());
+        assert_eq!(s.recipients("front").unwrap()[0].token.hex(), tok(3).as_str());
         // Replayed.
         let e = s.phone_request(&r, &lim, now + 1).unwrap().err().unwrap();
         assert_eq!(e.error, ErrorCode::Replayed);
@@ -552,8 +552,8 @@ mod tests {
         let r = replace(&a.secret, a.phone_id, &tok(2), "nonce-000000000006", now);
         assert_eq!(s.phone_request(&r, &lim, now).unwrap().err().unwrap().error, ErrorCode::Conflict);
         // Nothing of that changed anything.
-        assert_eq!(&*s.recipients("back").unwrap()[0].token, tok(2).as_str());
-        assert_eq!(&*s.recipients("front").unwrap()[0].token, tok(3).as_str());
+        assert_eq!(s.recipients("back").unwrap()[0].token.hex(), tok(2).as_str());
+        assert_eq!(s.recipients("front").unwrap()[0].token.hex(), tok(3).as_str());
         // Unknown phone.
         let r = signed(999, &a.secret, "unpair", serde_json::json!({}), now, "nonce-000000000007");
         assert_eq!(s.phone_request(&r, &lim, now).unwrap().err().unwrap().error, ErrorCode::Unauthorized);

@@ -145,10 +145,7 @@ impl BinarySender {
             if t.environment != s.environment {
                 // A legacy push certificate serves one environment only.
                 let _ = out.send((i, Outcome::Failed { reason: Reason::BadCertificateEnvironment, status: 0 }));
-            } else if t.token.len() > 200
-                || hex::decode_to_slice(&*t.token, &mut [0u8; 100][..t.token.len() / 2]).is_err()
-                || order.len() >= window::MAX_POSITIONS
-            {
+            } else if order.len() >= window::MAX_POSITIONS {
                 let _ = out.send((i, Outcome::Failed { reason: Reason::BadDeviceToken, status: 0 }));
             } else {
                 order.push(i);
@@ -231,7 +228,7 @@ impl BinarySender {
         for p in positions {
             let i = batch.order[p];
             if !matches!(outcome, Outcome::Delivered) {
-                debug!(token = crate::util::short_token(&batch.targets[i].token), state = outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
+                debug!(token = %batch.targets[i].token.short(), state = outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
             }
             let _ = batch.out.send((i, outcome.clone()));
         }
@@ -283,24 +280,18 @@ impl BinarySender {
     async fn write_window(&self, w: &mut Window, wr: &mut WriteHalf<Tls>, batch: &Batch) -> Result<(), String> {
         let s = &self.inner.settings;
         let mut buf = Vec::with_capacity(CHUNK + 4096);
-        let mut token = [0u8; 100];
         let expiry = batch.msg.expiration.min(u32::MAX as u64) as u32;
         loop {
             let mut last = false;
             while buf.len() < CHUNK && !last {
                 let n = match w.next_step() {
-                    Step::Send(p) => {
-                        let t = &batch.targets[batch.order[p]].token;
-                        let raw = &mut token[..t.len() / 2];
-                        hex::decode_to_slice(&**t, raw).map_err(|e| e.to_string())?;
-                        Notification {
-                            token: raw,
-                            payload: &batch.msg.payload,
-                            identifier: window::identifier(p),
-                            expiry,
-                            priority: batch.msg.priority,
-                        }
-                    }
+                    Step::Send(p) => Notification {
+                        token: batch.targets[batch.order[p]].token.bytes(),
+                        payload: &batch.msg.payload,
+                        identifier: window::identifier(p),
+                        expiry,
+                        priority: batch.msg.priority,
+                    },
                     Step::Sentinel | Step::Wait => {
                         last = true;
                         sentinel(&batch.msg.payload)
