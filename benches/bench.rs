@@ -198,7 +198,7 @@ async fn run() {
     // DINGDONG_BENCH_PERF=FILE records a CPU profile of the daemon during the fan-out.
     let perf = std::env::var("DINGDONG_BENCH_PERF").ok().map(|file| {
         Command::new("perf")
-            .args(["record", "-g", "-F", "999", "-o", &file, "-p", &daemon.id().to_string()])
+            .args(["record", "--call-graph", "dwarf,8192", "-F", "499", "-o", &file, "-p", &daemon.id().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -243,43 +243,66 @@ async fn run() {
             dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
         )
         .unwrap();
+        // h2load at dingdong's concurrency (4 connections of up to 1,000 streams) and at a
+        // lighter one, with one thread and with two: the best run is the machine's limit.
         // Through sh, whose `times` prints the CPU its child (h2load) used.
-        let h2load = format!(
-            "h2load -n {FANOUT} -c 4 -m 250 -t 1 -d '{}' -H 'authorization: {}' -H 'apns-topic: {TOPIC}' \
-             -H 'apns-push-type: alert' -H 'apns-priority: 10' 'https://{sim_addr}/3/device/{}'; times",
-            payload.display(),
-            minter.bearer(),
-            token(1)
-        );
-        let sim_cpu0 = cpu_seconds(sim.id());
-        let out = Command::new("sh").arg("-c").arg(&h2load).output().expect("h2load runs");
-        let sim_cpu = cpu_seconds(sim.id()) - sim_cpu0;
-        let text = String::from_utf8_lossy(&out.stdout);
-        // The last line of `times`: children's user and system time, as "0m1.234s 0m0.567s".
-        let h2load_cpu: f64 = text
-            .lines()
-            .last()
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|t| {
-                let (m, s) = t.trim_end_matches('s').split_once('m')?;
-                Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
-            })
-            .sum();
-        let h2rate = text
-            .lines()
-            .find(|l| l.starts_with("finished in"))
-            .and_then(|l| l.split(',').nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok());
-        match h2rate {
-            Some(r) => {
-                report(&mut figs, "h2load, same simulator: requests/s", r, "/s", "the machine's practical limit");
+        let mut best: Option<(f64, f64, f64, String)> = None;
+        for (streams, threads) in [(1000, 1), (1000, 2), (250, 1), (250, 2)] {
+            let h2load = format!(
+                "h2load -n {FANOUT} -c 4 -m {streams} -t {threads} -d '{}' -H 'authorization: {}' \
+                 -H 'apns-topic: {TOPIC}' -H 'apns-push-type: alert' -H 'apns-priority: 10' \
+                 'https://{sim_addr}/3/device/{}'; times",
+                payload.display(),
+                minter.bearer(),
+                token(1)
+            );
+            let sim_cpu0 = cpu_seconds(sim.id());
+            let out = Command::new("sh").arg("-c").arg(&h2load).output().expect("h2load runs");
+            let sim_cpu = cpu_seconds(sim.id()) - sim_cpu0;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // The last line of `times`: children's user and system time, as "0m1.234s 0m0.567s".
+            let h2load_cpu: f64 = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|t| {
+                    let (m, s) = t.trim_end_matches('s').split_once('m')?;
+                    Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+                })
+                .sum();
+            let rate = text
+                .lines()
+                .find(|l| l.starts_with("finished in"))
+                .and_then(|l| l.split(',').nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok());
+            let config = format!("-c 4 -m {streams} -t {threads}");
+            match rate {
+                Some(r) => {
+                    println!("h2load {config}: {r:.0} requests/s");
+                    if best.as_ref().is_none_or(|b| r > b.0) {
+                        best = Some((r, h2load_cpu, sim_cpu, config));
+                    }
+                }
+                None => println!("h2load {config} gave no rate: {text}"),
+            }
+        }
+        match best {
+            Some((r, h2load_cpu, sim_cpu, config)) => {
+                println!("h2load best: {config}");
+                report(
+                    &mut figs,
+                    "h2load, same simulator (best of 4 settings): requests/s",
+                    r,
+                    "/s",
+                    "the machine's practical limit",
+                );
                 report(&mut figs, "h2load CPU per request", h2load_cpu / FANOUT as f64 * 1e6, "us", "-");
                 report(&mut figs, "h2load run: simulator CPU per request", sim_cpu / FANOUT as f64 * 1e6, "us", "-");
                 report(&mut figs, "dingdong rate as a share of h2load's", rate / r * 100.0, "%", ">= 90%");
             }
-            None => println!("h2load gave no rate: {text}"),
+            None => println!("h2load gave no rate"),
         }
     } else {
         println!("h2load not installed (Debian nghttp2-client): skipping its figure");

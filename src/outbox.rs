@@ -242,15 +242,17 @@ impl Outbox {
                 let mut hint = None;
                 let mut batch: Vec<OutcomeRow> = Vec::with_capacity(BATCH.min(targets.len()));
                 let mut retry_seqs = Vec::new();
+                let mut answered = false;
                 let mut tick = tokio::time::interval(FLUSH_EVERY);
                 loop {
                     tokio::select! {
                         // cancel-safe: recv() loses no message when another arm wins
                         got = rx.recv() => match got {
                             Some((i, outcome)) => {
-                                let since_press = crate::now_ms() - job.received_at;
-                                latency.first.get_or_insert(since_press);
-                                latency.all = Some(since_press);
+                                if latency.first.is_none() {
+                                    latency.first = Some(crate::now_ms() - job.received_at);
+                                }
+                                answered = true;
                                 match outcome {
                                     Outcome::Retry { after, .. } => {
                                         hint = hint.max(after);
@@ -273,6 +275,10 @@ impl Outbox {
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => self.flush(&job.ring_id, &mut batch).await,
                     }
+                }
+                // The channel closes as the last answer is handed over: that moment is "all".
+                if answered {
+                    latency.all = Some(crate::now_ms() - job.received_at);
                 }
                 self.flush(&job.ring_id, &mut batch).await;
                 (retry, retry_seqs, hint)

@@ -37,6 +37,8 @@ pub enum Http2Error {
     Endpoint(String),
 }
 
+/// A lane claims this many phones of a batch at a time.
+const CLAIM: usize = 64;
 /// A consecutive run of this many fresh connections without a single answer ends a lane.
 const MAX_REPLACEMENTS: u32 = 5;
 /// A pooled connection idle for longer than this is PINGed before it is used again.
@@ -311,9 +313,8 @@ impl Http2Client {
         }
         // A lane that died leaves its unclaimed work to be claimed by the others; if every
         // lane died, what is left goes back to the outbox as retries.
-        loop {
-            let n = cursor.fetch_add(1, Ordering::AcqRel);
-            let Some(&i) = idx.get(n) else { break };
+        let n = cursor.fetch_add(idx.len(), Ordering::AcqRel).min(idx.len());
+        for &i in &idx[n..] {
             let _ = out.send((i, Outcome::Retry { reason: Reason::Connection("connection lost".into()), after: None }));
         }
     }
@@ -349,13 +350,17 @@ impl Http2Client {
         let mut inflight = FuturesUnordered::new();
         let mut flying = InFlight::new(targets.len());
         let mut redo: Vec<usize> = Vec::new();
+        // Places in `idx` this lane claimed and has not sent yet.
+        let mut claimed = 0..0;
         let mut replaced_without_answer = 0u32;
         let stall = tokio::time::sleep(timeout);
         tokio::pin!(stall);
         let mut last_answer = tokio::time::Instant::now();
         loop {
             if !conn.alive() && inflight.is_empty() {
-                if stop.is_cancelled() || (redo.is_empty() && cursor.load(Ordering::Acquire) >= idx.len()) {
+                if stop.is_cancelled()
+                    || (redo.is_empty() && claimed.is_empty() && cursor.load(Ordering::Acquire) >= idx.len())
+                {
                     break;
                 }
                 let fresh = if replaced_without_answer < MAX_REPLACEMENTS {
@@ -371,7 +376,7 @@ impl Http2Client {
                         replaced_without_answer += 1;
                     }
                     Err(why) => {
-                        for i in redo.drain(..) {
+                        for i in redo.drain(..).chain(claimed.by_ref().map(|n| idx[n])) {
                             let _ =
                                 out.send((i, Outcome::Retry { reason: Reason::Connection(why.clone()), after: None }));
                         }
@@ -388,14 +393,19 @@ impl Http2Client {
             while inflight.len() < window && conn.alive() && !stop.is_cancelled() {
                 let i = match redo.pop() {
                     Some(i) => i,
-                    None => {
-                        let n = cursor.fetch_add(1, Ordering::AcqRel);
-                        let Some(&i) = idx.get(n) else {
-                            cursor.fetch_sub(1, Ordering::AcqRel);
-                            break;
-                        };
-                        i
-                    }
+                    None => match claimed.next() {
+                        Some(n) => idx[n],
+                        None => {
+                            // Phones are claimed in runs, so that answers, which come back
+                            // roughly in order per connection, are recorded as long runs.
+                            let n = cursor.fetch_add(CLAIM, Ordering::AcqRel);
+                            if n >= idx.len() {
+                                break;
+                            }
+                            claimed = n..(n + CLAIM).min(idx.len());
+                            continue;
+                        }
+                    },
                 };
                 if inflight.is_empty() {
                     last_answer = tokio::time::Instant::now(); // the clock starts with the first request
@@ -458,6 +468,10 @@ impl Http2Client {
                     }
                 }
             }
+        }
+        // Claimed but not sent (stopping): back to the outbox, which leaves them pending.
+        for i in redo.drain(..).chain(claimed.map(|n| idx[n])) {
+            let _ = out.send((i, Outcome::Retry { reason: Reason::Connection("not sent".into()), after: None }));
         }
     }
 
