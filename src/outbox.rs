@@ -244,15 +244,20 @@ impl Outbox {
                 let mut retry_seqs = Vec::new();
                 let mut answered = false;
                 let mut tick = tokio::time::interval(FLUSH_EVERY);
+                // Answers are taken up to 256 at a time: one wake-up of this task per burst.
+                let mut got = Vec::with_capacity(256);
                 loop {
                     tokio::select! {
-                        // cancel-safe: recv() loses no message when another arm wins
-                        got = rx.recv() => match got {
-                            Some((i, outcome)) => {
-                                if latency.first.is_none() {
-                                    latency.first = Some(crate::now_ms() - job.received_at);
-                                }
-                                answered = true;
+                        // cancel-safe: recv_many() loses no message when another arm wins
+                        n = rx.recv_many(&mut got, 256) => {
+                            if n == 0 {
+                                break;
+                            }
+                            if latency.first.is_none() {
+                                latency.first = Some(crate::now_ms() - job.received_at);
+                            }
+                            answered = true;
+                            for (i, outcome) in got.drain(..) {
                                 match outcome {
                                     Outcome::Retry { after, .. } => {
                                         hint = hint.max(after);
@@ -266,11 +271,10 @@ impl Outbox {
                                         outcome,
                                     }),
                                 }
-                                if batch.len() >= BATCH {
-                                    self.flush(&job.ring_id, &mut batch).await;
-                                }
                             }
-                            None => break,
+                            if batch.len() >= BATCH {
+                                self.flush(&job.ring_id, &mut batch).await;
+                            }
                         },
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => self.flush(&job.ring_id, &mut batch).await,

@@ -37,6 +37,8 @@ pub enum Http2Error {
     Endpoint(String),
 }
 
+/// A lane asks the minter for the current provider token after this many requests.
+const BEARER_CHECK_EVERY: usize = 1024;
 /// A lane claims this many phones of a batch at a time.
 const CLAIM: usize = 64;
 /// A consecutive run of this many fresh connections without a single answer ends a lane.
@@ -72,7 +74,9 @@ impl Prepared {
             HeaderValue::from_str(&msg.collapse_id).map_err(|_| "the collapse id is not a header value".to_string())?,
         );
         headers.reserve(1);
-        Ok(Prepared { authority: http::uri::Authority::from_static(env.host()), headers, payload: msg.payload.clone() })
+        // The lane's own copy: requests clone it without touching a refcount other lanes share.
+        let payload = Bytes::copy_from_slice(&msg.payload);
+        Ok(Prepared { authority: http::uri::Authority::from_static(env.host()), headers, payload })
     }
 
     /// The request for `token`, with the provider token if there is one.
@@ -352,6 +356,8 @@ impl Http2Client {
         let mut redo: Vec<usize> = Vec::new();
         // Places in `idx` this lane claimed and has not sent yet.
         let mut claimed = 0..0;
+        let mut bearer: Option<LaneBearer> = None;
+        let mut sent_since_bearer = 0usize;
         let mut replaced_without_answer = 0u32;
         let stall = tokio::time::sleep(timeout);
         tokio::pin!(stall);
@@ -389,7 +395,10 @@ impl Http2Client {
             } else {
                 1
             };
-            let bearer = self.inner.minter.as_ref().map(|m| m.bearer_header());
+            if sent_since_bearer >= BEARER_CHECK_EVERY || (bearer.is_none() && self.inner.minter.is_some()) {
+                bearer = self.inner.minter.as_ref().map(|m| LaneBearer::follow(m, bearer.take()));
+                sent_since_bearer = 0;
+            }
             while inflight.len() < window && conn.alive() && !stop.is_cancelled() {
                 let i = match redo.pop() {
                     Some(i) => i,
@@ -410,10 +419,11 @@ impl Http2Client {
                 if inflight.is_empty() {
                     last_answer = tokio::time::Instant::now(); // the clock starts with the first request
                 }
-                match start(&mut send, &prep, &targets[i].token, bearer.as_ref().map(|b| &b.1)).await {
+                sent_since_bearer += 1;
+                match start(&mut send, &prep, &targets[i].token, bearer.as_ref().map(|b| &b.header)).await {
                     Ok(resp) => {
                         flying.set(i, true);
-                        let rejected = bearer.as_ref().map(|b| b.0.clone());
+                        let rejected = bearer.as_ref().map(|b| b.own.clone());
                         inflight.push(async move { (i, answer(resp).await, rejected) });
                     }
                     Err(ReqError::Refused) => {
@@ -741,5 +751,30 @@ impl InFlight {
             }
         }
         v
+    }
+}
+
+/// A lane's copy of the provider token. Requests clone the lane's own copy, so the lanes of a
+/// big ring do not all bump one shared refcount per request; the copy follows the minter's
+/// current token (checked every [`BEARER_CHECK_EVERY`] requests and on a lane's start).
+struct LaneBearer {
+    /// The minter's token this copies (compared by pointer).
+    source: Arc<str>,
+    /// The lane's copy, handed to `judge` with each answer.
+    own: Arc<str>,
+    header: HeaderValue,
+}
+
+impl LaneBearer {
+    fn follow(minter: &JwtMinter, previous: Option<LaneBearer>) -> LaneBearer {
+        let (current, header) = minter.bearer_header();
+        match previous {
+            Some(p) if Arc::ptr_eq(&p.source, &current) => p,
+            _ => LaneBearer {
+                own: Arc::from(&*current),
+                header: HeaderValue::from_bytes(header.as_bytes()).expect("a header value is a header value"),
+                source: current,
+            },
+        }
     }
 }
