@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use util::*;
 
 const FANOUT: u32 = 120_000;
+/// HTTP/2 fan-out rings measured; the median is reported.
+const FANOUT_RUNS: usize = 3;
 const PRESSES: usize = 1_000;
 const HOUSEHOLD: u32 = 20;
 
@@ -204,23 +206,40 @@ async fn run() {
             .spawn()
             .expect("perf starts")
     });
-    let cpu0 = cpu_seconds(daemon.id());
-    let sim_cpu0 = cpu_seconds(sim.id());
-    let t = Instant::now();
-    obs.press("building", dingdong::now_ms()).await;
-    let outcome = obs.ring_outcome().await;
-    let wall = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(daemon.id()) - cpu0;
-    let sim_cpu = cpu_seconds(sim.id()) - sim_cpu0;
+    // Three rings, one after the other: the machine is shared and noisy, so the median run
+    // is reported (the first ring also opens the connections; the others reuse them).
+    let mut runs = Vec::new();
+    for run in 1..=FANOUT_RUNS {
+        let cpu0 = cpu_seconds(daemon.id());
+        let sim_cpu0 = cpu_seconds(sim.id());
+        let t = Instant::now();
+        obs.press("building", dingdong::now_ms()).await;
+        let outcome = obs.ring_outcome().await;
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(daemon.id()) - cpu0;
+        let sim_cpu = cpu_seconds(sim.id()) - sim_cpu0;
+        let delivered = outcome["delivered"].as_f64().unwrap_or(0.0);
+        assert_eq!(delivered as u32, FANOUT, "every phone delivered: {outcome}");
+        let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(wall * 1000.0);
+        let rate = delivered / (all_ms / 1000.0);
+        println!(
+            "fan-out run {run}: {rate:.0}/s, press to outcome {wall:.3} s, dingdong {:.2} us/notification, simulator {:.2} us/request, RSS {:.1} MB (peak {:.1})",
+            cpu / delivered * 1e6,
+            sim_cpu / delivered * 1e6,
+            mem_mb(daemon.id(), "VmRSS:"),
+            mem_mb(daemon.id(), "VmHWM:")
+        );
+        runs.push((rate, wall, cpu, sim_cpu));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     if let Some(p) = perf {
         let _ = Command::new("kill").arg("-INT").arg(p.id().to_string()).status();
         let _ = p.wait_with_output();
     }
-    let delivered = outcome["delivered"].as_f64().unwrap_or(0.0);
-    assert_eq!(delivered as u32, FANOUT, "every phone delivered: {outcome}");
-    let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(wall * 1000.0);
-    let rate = delivered / (all_ms / 1000.0);
-    report(&mut figs, "HTTP/2 fan-out 120,000: notifications/s", rate, "/s", ">= 90% of h2load");
+    runs.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    let (rate, wall, cpu, sim_cpu) = runs[runs.len() / 2];
+    let delivered = FANOUT as f64;
+    report(&mut figs, "HTTP/2 fan-out 120,000 (median of 3): notifications/s", rate, "/s", ">= 90% of h2load");
     report(&mut figs, "HTTP/2 fan-out 120,000: press to outcome published", wall, "s", "-");
     report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU per notification", cpu / delivered * 1e6, "us", "<= 12 us");
     report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU", cpu, "s", "-");

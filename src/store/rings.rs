@@ -90,10 +90,16 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
         )?
         .query_map([doorbell], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    // Sized once: growing by doubling would hold two copies of a building's job at once.
+    let mut count = conn.prepare_cached("SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
+    let mut total = 0usize;
+    for user in &users {
+        total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
+    }
     let mut st = conn.prepare_cached(
         "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id",
     )?;
-    let mut phones = Vec::new();
+    let mut phones = Vec::with_capacity(total);
     for user in &users {
         let mut rows = st.query([user])?;
         while let Some(r) = rows.next()? {
