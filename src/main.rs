@@ -3,6 +3,7 @@ use clap::Parser;
 
 fn main() {
     fixed_mmap_threshold();
+    let _ = dingdong::util::RELEASE_FREE_MEMORY.set(release_free_memory);
     let cli = dingdong::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,h2=warn,rustls=warn".into());
@@ -22,5 +23,14 @@ fn fixed_mmap_threshold() {
     // SAFETY: mallopt only sets an allocator parameter; it is called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Hands free heap pages back to the system (after a big ring).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -24,11 +24,13 @@ use tracing::{info, warn};
 /// Outcomes are written when this many have arrived, or when [`FLUSH_EVERY`] has passed.
 const BATCH: usize = 2048;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// After a ring of at least this many phones, free memory is handed back to the system.
+const TRIM_AFTER: usize = 10_000;
 /// Rings with more phones than this publish counts only, not one line per phone.
 const DETAIL_LIMIT: usize = 100;
 
 /// The phones of a ring that share an app topic: their targets and places in the job.
-type TopicGroup = (Option<String>, Arc<[Target]>, Vec<i64>);
+type TopicGroup = (Option<String>, Arc<Vec<Target>>, Vec<i64>);
 
 /// The APNs transport a daemon runs with.
 #[derive(Clone)]
@@ -52,7 +54,7 @@ impl Transport {
     async fn send(
         &self,
         msg: Arc<Message>,
-        targets: Arc<[Target]>,
+        targets: Arc<Vec<Target>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: &CancellationToken,
     ) {
@@ -148,7 +150,8 @@ impl Outbox {
         let groups: Vec<TopicGroup> = if one_topic {
             let topic = phones.first().and_then(|p| p.topic.clone());
             let seqs = phones.iter().map(|p| p.seq).collect();
-            vec![(topic, phones.into_iter().map(target).collect(), seqs)]
+            // Collected in place: the job's buffer becomes the targets' (no second copy).
+            vec![(topic, Arc::new(phones.into_iter().map(target).collect()), seqs)]
         } else {
             let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
             for mut p in phones {
@@ -156,7 +159,7 @@ impl Outbox {
                 seqs.push(p.seq);
                 targets.push(target(p));
             }
-            by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, targets.into(), seqs)).collect()
+            by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
         };
         let mut latency = Latency::default();
         for (topic, targets, seqs) in groups {
@@ -192,6 +195,9 @@ impl Outbox {
             first_ms = latency.first, all_ms = latency.all, "ring done"
         );
         self.publish(&report).await;
+        if report.summary.phones as usize >= TRIM_AFTER {
+            crate::util::release_free_memory();
+        }
         Some(report)
     }
 
@@ -219,7 +225,7 @@ impl Outbox {
         &self,
         job: &RingJob,
         msg: Arc<Message>,
-        mut pending: Arc<[Target]>,
+        mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
         stop: &CancellationToken,
         latency: &mut Latency,
@@ -292,7 +298,7 @@ impl Outbox {
             // phones (say, a connection that drops now and then) retries the rest promptly.
             let progressed = retry.len() < targets.len();
             drop(targets);
-            pending = retry.into();
+            pending = Arc::new(retry);
             seqs = retry_seqs;
             if pending.is_empty() {
                 break;

@@ -227,18 +227,20 @@ async fn unreachable_gateway_hands_everything_back_as_retry() {
     settings.max_reconnects = 2;
     settings.backoff = Duration::from_millis(1);
     let snd = BinarySender::new(&identity(&sim), Some(&sim.credentials.ca_file), settings).unwrap();
-    let targets: Arc<[Target]> = (0..5)
-        .map(|i| Target {
-            phone_id: i as i64,
-            token: dingdong::apns::Token::from_hex(&token(i)).unwrap(),
-            environment: Environment::Production,
-        })
-        .chain([Target {
-            phone_id: 9,
-            token: dingdong::apns::Token::from_hex(&token(9)).unwrap(),
-            environment: Environment::Sandbox,
-        }])
-        .collect();
+    let targets: Arc<Vec<Target>> = Arc::new(
+        (0..5)
+            .map(|i| Target {
+                phone_id: i as i64,
+                token: dingdong::apns::Token::from_hex(&token(i)).unwrap(),
+                environment: Environment::Production,
+            })
+            .chain([Target {
+                phone_id: 9,
+                token: dingdong::apns::Token::from_hex(&token(9)).unwrap(),
+                environment: Environment::Sandbox,
+            }])
+            .collect(),
+    );
     let msg = Arc::new(Message {
         topic: "t".into(),
         payload: bytes::Bytes::from_static(b"{}"),

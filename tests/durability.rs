@@ -265,13 +265,15 @@ async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() 
         collapse_id: "front".into(),
         priority: 10,
     });
-    let targets: Arc<[Target]> = (0..5)
-        .map(|n| Target {
-            phone_id: n as i64,
-            token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
-            environment: Environment::Production,
-        })
-        .collect();
+    let targets: Arc<Vec<Target>> = Arc::new(
+        (0..5)
+            .map(|n| Target {
+                phone_id: n as i64,
+                token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
+                environment: Environment::Production,
+            })
+            .collect(),
+    );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let t0 = Instant::now();
     client.send(msg, targets, tx, &tokio_util::sync::CancellationToken::new()).await;

@@ -255,7 +255,7 @@ impl Http2Client {
     pub async fn send(
         &self,
         msg: Arc<Message>,
-        targets: Arc<[Target]>,
+        targets: Arc<Vec<Target>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: &CancellationToken,
     ) {
@@ -282,7 +282,7 @@ impl Http2Client {
         &self,
         env: Environment,
         msg: Arc<Message>,
-        targets: Arc<[Target]>,
+        targets: Arc<Vec<Target>>,
         idx: Arc<Vec<usize>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
@@ -336,7 +336,7 @@ impl Http2Client {
         mut conn: Arc<Conn>,
         env: Environment,
         msg: Arc<Message>,
-        targets: Arc<[Target]>,
+        targets: Arc<Vec<Target>>,
         idx: Arc<Vec<usize>>,
         cursor: Arc<AtomicUsize>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,

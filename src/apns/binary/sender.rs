@@ -99,7 +99,7 @@ enum ConnEnd {
 /// What a batch shares between its lanes.
 struct Batch {
     msg: Arc<Message>,
-    targets: Arc<[Target]>,
+    targets: Arc<Vec<Target>>,
     /// Position -> index into `targets`, for the phones that can be sent.
     order: Vec<usize>,
     out: mpsc::UnboundedSender<(usize, Outcome)>,
@@ -132,7 +132,12 @@ impl BinarySender {
 
     /// Sends `msg` to every target; each target's outcome is sent on `out` as
     /// `(index into targets, outcome)` once known. Same contract as the HTTP/2 client.
-    pub async fn send(&self, msg: Arc<Message>, targets: Arc<[Target]>, out: mpsc::UnboundedSender<(usize, Outcome)>) {
+    pub async fn send(
+        &self,
+        msg: Arc<Message>,
+        targets: Arc<Vec<Target>>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+    ) {
         let s = &self.inner.settings;
         if msg.payload.len() > codec::MAX_PAYLOAD {
             for i in 0..targets.len() {
