@@ -177,3 +177,61 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
     }
     Ok(MIGRATIONS.len() as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A database of version 3 with a ring under way (ring_phones rows) migrates to the
+    /// outbox without copies: settled phones keep their outcome, the pending one is resumed.
+    #[test]
+    fn migration_4_keeps_outcomes_and_resumes_what_was_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as u32).unwrap();
+            }
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(
+                "INSERT INTO users (id, name, created_at) VALUES (1, 'o', 0);
+                 INSERT INTO doorbells (id, name, owner_id, created_at) VALUES ('front', 'Front', 1, 0);",
+            )
+            .unwrap();
+            for (id, last) in [(1, Some("delivered")), (2, Some("failed: BadTopic")), (3, None)] {
+                tx.execute(
+                    "INSERT INTO phones (id, user_id, token, environment, registered_at, last_outcome)
+                     VALUES (?1, 1, ?2, 'production', 0, ?3)",
+                    rusqlite::params![id, format!("{id:02x}").repeat(32), last],
+                )
+                .unwrap();
+            }
+            let far = crate::now_ms() + 600_000;
+            tx.execute(
+                "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state)
+                 VALUES ('r1', 'front', 'Front', 0, 0, ?1, 'pending')",
+                [far],
+            )
+            .unwrap();
+            for (seq, state) in [(0, "delivered"), (1, "failed"), (2, "pending")] {
+                tx.execute(
+                    "INSERT INTO ring_phones (ring_id, seq, token, phone_id, environment, state, updated_at)
+                     VALUES ('r1', ?1, ?2, ?3, 'production', ?4, 0)",
+                    rusqlite::params![seq, format!("{:02x}", seq + 1).repeat(32), seq + 1, state],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let sum = s.ring_summary("r1").unwrap();
+        assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending), (3, 1, 1, 1));
+        let jobs = s.unfinished_rings().unwrap();
+        assert_eq!(jobs[0].phones.iter().map(|p| p.phone_id).collect::<Vec<_>>(), [3]);
+        let last: Vec<Option<String>> = s.list_phones().unwrap().into_iter().map(|p| p.last_outcome).collect();
+        assert_eq!(last, [None, Some("failed: BadTopic".into()), None], "only problems are kept");
+    }
+}
