@@ -249,6 +249,9 @@ impl Outbox {
                 let mut batch: Vec<OutcomeRow> = Vec::with_capacity(BATCH.min(targets.len()));
                 let mut retry_seqs = Vec::new();
                 let mut answered = false;
+                // Which phones got an outcome: a phone the transport never answered for (a
+                // bug, a panicked task) is retried, not left to expire unnoticed.
+                let mut heard = vec![false; targets.len()];
                 let mut tick = tokio::time::interval(FLUSH_EVERY);
                 // Answers are taken up to 256 at a time: one wake-up of this task per burst.
                 let mut got = Vec::with_capacity(256);
@@ -264,6 +267,7 @@ impl Outbox {
                             }
                             answered = true;
                             for (i, outcome) in got.drain(..) {
+                                heard[i] = true;
                                 match outcome {
                                     Outcome::Retry { after, .. } => {
                                         hint = hint.max(after);
@@ -291,6 +295,14 @@ impl Outbox {
                     latency.all = Some(crate::now_ms() - job.received_at);
                 }
                 self.flush(&job.ring_id, &mut batch).await;
+                let unheard: Vec<usize> = heard.iter().enumerate().filter(|(_, h)| !**h).map(|(i, _)| i).collect();
+                if !unheard.is_empty() {
+                    warn!(ring = %job.ring_id, phones = unheard.len(), "the transport gave no outcome for some phones: retrying them");
+                    for i in unheard {
+                        retry.push(targets[i].clone());
+                        retry_seqs.push(job_seqs[i]);
+                    }
+                }
                 (retry, retry_seqs, hint)
             };
             let ((), (retry, retry_seqs, hint)) = tokio::join!(send, record);
