@@ -23,6 +23,11 @@ fn fixed_mmap_threshold() {
     // SAFETY: mallopt only sets an allocator parameter; it is called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        // Fixing the mmap threshold also fixes the trim threshold at 128 KB: the heaps would
+        // shrink and grow again (mprotect and fresh page faults) hundreds of times per big
+        // ring. Free memory is handed back after big rings instead (release_free_memory).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 20);
     }
 }
 
