@@ -445,9 +445,14 @@ impl Http2Client {
                         match answered {
                             Ok((status, _, body)) => {
                                 conn.confirmed.store(true, Ordering::Release);
+                                conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
                                 replaced_without_answer = 0;
                                 last_answer = tokio::time::Instant::now();
                                 let outcome = self.judge(status, &body, bearer.as_deref(), &targets[i].token);
+                                if outcome.reason() == Some(&Reason::ExpiredProviderToken) {
+                                    // judge minted a fresh token: the lane's copy follows at once.
+                                    sent_since_bearer = BEARER_CHECK_EVERY;
+                                }
                                 let _ = out.send((i, outcome));
                             }
                             Err(ReqError::Refused) => {
@@ -756,7 +761,8 @@ impl InFlight {
 
 /// A lane's copy of the provider token. Requests clone the lane's own copy, so the lanes of a
 /// big ring do not all bump one shared refcount per request; the copy follows the minter's
-/// current token (checked every [`BEARER_CHECK_EVERY`] requests and on a lane's start).
+/// current token (checked on a lane's start, every [`BEARER_CHECK_EVERY`] requests, and at
+/// once after an ExpiredProviderToken).
 struct LaneBearer {
     /// The minter's token this copies (compared by pointer).
     source: Arc<str>,

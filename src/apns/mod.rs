@@ -158,11 +158,9 @@ impl Token {
 
     /// Appends the lowercase hex (what APNs' request path and the database hold) to `out`.
     pub fn write_hex(&self, out: &mut Vec<u8>) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for b in self.bytes() {
-            out.push(DIGITS[(b >> 4) as usize]);
-            out.push(DIGITS[(b & 15) as usize]);
-        }
+        let start = out.len();
+        out.resize(start + 2 * self.bytes().len(), 0);
+        hex::encode_to_slice(self.bytes(), &mut out[start..]).expect("the slice is twice the token's length");
     }
 
     pub fn hex(&self) -> String {
@@ -411,6 +409,24 @@ pub fn ring_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_bytes_written_as_lowercase_hex_and_logged_short() {
+        let hex = "AB".repeat(32);
+        let t = Token::from_hex(&hex).unwrap();
+        assert!(matches!(t, Token::Inline(_)));
+        assert_eq!(t.hex(), "ab".repeat(32));
+        let mut path = b"/3/device/".to_vec();
+        t.write_hex(&mut path);
+        assert_eq!(path, format!("/3/device/{}", "ab".repeat(32)).into_bytes());
+        assert_eq!(format!("{t:?}"), "Token(abababab…)");
+        let long = Token::from_hex(&"0f".repeat(64)).unwrap();
+        assert!(matches!(long, Token::Long(_)));
+        assert_eq!(long.hex(), "0f".repeat(64));
+        for bad in ["ab".repeat(31), "a".repeat(65), "zz".repeat(32), "ab".repeat(101)] {
+            assert_eq!(Token::from_hex(&bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_are_normalised() {

@@ -277,10 +277,11 @@ impl Store {
             for row in batch.iter().filter(|r| r.outcome != Outcome::Delivered) {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
+                let token = row.token.hex();
                 // Written before a prune deletes the phone (the environment comes from it).
-                add_outcome.execute(params![ring_id, row.phone_id, row.token.hex(), state, reason, now])?;
+                add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now])?;
                 if let Outcome::Prune { since, .. } = &row.outcome {
-                    if prune.execute(params![row.token.hex(), since])? > 0 {
+                    if prune.execute(params![token, since])? > 0 {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
