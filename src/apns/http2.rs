@@ -12,6 +12,7 @@ use super::auth::{ClientIdentity, JwtMinter};
 use super::{Environment, Message, Outcome, Reason, Target, Token};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use h2::client::SendRequest;
 use http::{HeaderName, HeaderValue, Method, Request};
 use std::future::Future;
@@ -52,8 +53,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 struct Prepared {
     authority: http::uri::Authority,
     /// `apns-topic`, `apns-push-type`, `apns-priority`, `apns-expiration`, `apns-collapse-id`
-    /// and room for `authorization`: each request clones this map instead of hashing and
-    /// inserting six headers.
+    /// and, with token auth, `authorization`: each request clones this map instead of hashing
+    /// and inserting six headers.
     headers: http::HeaderMap,
     payload: Bytes,
 }
@@ -73,14 +74,26 @@ impl Prepared {
             HeaderName::from_static("apns-collapse-id"),
             HeaderValue::from_str(&msg.collapse_id).map_err(|_| "the collapse id is not a header value".to_string())?,
         );
-        headers.reserve(1);
         // The lane's own copy: requests clone it without touching a refcount other lanes share.
         let payload = Bytes::copy_from_slice(&msg.payload);
         Ok(Prepared { authority: http::uri::Authority::from_static(env.host()), headers, payload })
     }
 
-    /// The request for `token`, with the provider token if there is one.
-    fn request(&self, token: &Token, bearer: Option<&HeaderValue>) -> Result<Request<()>, ReqError> {
+    /// Puts the provider token into the template (or takes it out). Every request clones the
+    /// template; inserting `authorization` into each clone would grow its table every time.
+    fn set_bearer(&mut self, bearer: Option<&HeaderValue>) {
+        match bearer {
+            Some(b) => {
+                self.headers.insert(http::header::AUTHORIZATION, b.clone());
+            }
+            None => {
+                self.headers.remove(http::header::AUTHORIZATION);
+            }
+        }
+    }
+
+    /// The request for `token`.
+    fn request(&self, token: &Token) -> Result<Request<()>, ReqError> {
         let mut path = Vec::with_capacity(DEVICE_PATH.len() + 2 * token.bytes().len());
         path.extend_from_slice(DEVICE_PATH.as_bytes());
         token.write_hex(&mut path);
@@ -92,11 +105,7 @@ impl Prepared {
         let mut req = Request::new(());
         *req.method_mut() = Method::POST;
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(ReqError::failed)?;
-        let mut headers = self.headers.clone();
-        if let Some(b) = bearer {
-            headers.insert(http::header::AUTHORIZATION, b.clone());
-        }
-        *req.headers_mut() = headers;
+        *req.headers_mut() = self.headers.clone();
         Ok(req)
     }
 }
@@ -342,7 +351,7 @@ impl Http2Client {
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
     ) {
-        let prep = match Prepared::new(env, &msg) {
+        let mut prep = match Prepared::new(env, &msg) {
             Ok(p) => p,
             Err(why) => {
                 warn!(error = %why, "cannot build the request headers");
@@ -397,6 +406,7 @@ impl Http2Client {
             };
             if sent_since_bearer >= BEARER_CHECK_EVERY || (bearer.is_none() && self.inner.minter.is_some()) {
                 bearer = self.inner.minter.as_ref().map(|m| LaneBearer::follow(m, bearer.take()));
+                prep.set_bearer(bearer.as_ref().map(|b| &b.header));
                 sent_since_bearer = 0;
             }
             while inflight.len() < window && conn.alive() && !stop.is_cancelled() {
@@ -420,7 +430,7 @@ impl Http2Client {
                     last_answer = tokio::time::Instant::now(); // the clock starts with the first request
                 }
                 sent_since_bearer += 1;
-                match start(&mut send, &prep, &targets[i].token, bearer.as_ref().map(|b| &b.header)).await {
+                match start(&mut send, &prep, &targets[i].token).await {
                     Ok(resp) => {
                         flying.set(i, true);
                         let rejected = bearer.as_ref().map(|b| b.own.clone());
@@ -440,29 +450,38 @@ impl Http2Client {
                 biased;
                 // cancel-safe: FuturesUnordered::next keeps the other futures
                 next = inflight.next() => match next {
-                    Some((i, answered, bearer)) => {
-                        flying.set(i, false);
-                        match answered {
-                            Ok((status, _, body)) => {
-                                conn.confirmed.store(true, Ordering::Release);
-                                conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
-                                replaced_without_answer = 0;
-                                last_answer = tokio::time::Instant::now();
-                                let outcome = self.judge(status, &body, bearer.as_deref(), &targets[i].token);
-                                if outcome.reason() == Some(&Reason::ExpiredProviderToken) {
-                                    // judge minted a fresh token: the lane's copy follows at once.
-                                    sent_since_bearer = BEARER_CHECK_EVERY;
+                    Some(first) => {
+                        // Every answer that is ready now, then one look at the clock for all.
+                        let mut answered_any = false;
+                        let mut next = Some(first);
+                        while let Some((i, answered, bearer)) = next {
+                            flying.set(i, false);
+                            match answered {
+                                Ok((status, _, body)) => {
+                                    answered_any = true;
+                                    let outcome = self.judge(status, &body, bearer.as_deref(), &targets[i].token);
+                                    if outcome.reason() == Some(&Reason::ExpiredProviderToken) {
+                                        // judge minted a fresh token: the lane's copy follows at once.
+                                        sent_since_bearer = BEARER_CHECK_EVERY;
+                                    }
+                                    let _ = out.send((i, outcome));
                                 }
-                                let _ = out.send((i, outcome));
+                                Err(ReqError::Refused) => {
+                                    conn.closed.store(true, Ordering::Release);
+                                    redo.push(i);
+                                }
+                                Err(ReqError::Failed(why)) => {
+                                    debug!(conn = conn.id, error = %why, "request failed");
+                                    let _ = out.send((i, Outcome::Retry { reason: Reason::Connection(why), after: None }));
+                                }
                             }
-                            Err(ReqError::Refused) => {
-                                conn.closed.store(true, Ordering::Release);
-                                redo.push(i);
-                            }
-                            Err(ReqError::Failed(why)) => {
-                                debug!(conn = conn.id, error = %why, "request failed");
-                                let _ = out.send((i, Outcome::Retry { reason: Reason::Connection(why), after: None }));
-                            }
+                            next = inflight.next().now_or_never().flatten();
+                        }
+                        if answered_any {
+                            conn.confirmed.store(true, Ordering::Release);
+                            conn.last_used.store(crate::now_ms(), Ordering::Relaxed);
+                            replaced_without_answer = 0;
+                            last_answer = tokio::time::Instant::now();
                         }
                     }
                     None if conn.alive() || stop.is_cancelled() => break,
@@ -546,10 +565,11 @@ impl Http2Client {
             collapse_id: "dingdong-diag".into(),
             priority: 10,
         };
-        let prep = Prepared::new(env, &msg)?;
+        let mut prep = Prepared::new(env, &msg)?;
+        prep.set_bearer(bearer.as_ref());
         let mut send = conn.send.clone();
         let asked = async {
-            let resp = start(&mut send, &prep, &token, bearer.as_ref()).await?;
+            let resp = start(&mut send, &prep, &token).await?;
             answer(resp).await
         };
         let (status, headers, body) = match tokio::time::timeout(self.inner.settings.request_timeout, asked).await {
@@ -700,9 +720,8 @@ async fn start(
     send: &mut SendRequest<Bytes>,
     prep: &Prepared,
     token: &Token,
-    bearer: Option<&HeaderValue>,
 ) -> Result<h2::client::ResponseFuture, ReqError> {
-    let req = prep.request(token, bearer)?;
+    let req = prep.request(token)?;
     // Until the request is handed over, the server has not seen it: safe to resend.
     std::future::poll_fn(|cx| send.poll_ready(cx)).await.map_err(|_| ReqError::Refused)?;
     let (resp, mut body) = send.send_request(req, false).map_err(|_| ReqError::Refused)?;
@@ -716,7 +735,9 @@ async fn answer(resp: h2::client::ResponseFuture) -> Result<(u16, http::HeaderMa
     let status = resp.status().as_u16();
     let (parts, mut recv) = resp.into_parts();
     let mut data = Vec::new();
-    while let Some(chunk) = recv.data().await {
+    // A 200 ends with its headers: nothing to wait for.
+    while !recv.is_end_stream() {
+        let Some(chunk) = recv.data().await else { break };
         let chunk = chunk.map_err(ReqError::h2)?;
         let _ = recv.flow_control().release_capacity(chunk.len());
         if data.len() < 4096 {
