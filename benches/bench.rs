@@ -399,7 +399,13 @@ async fn run() {
         // Each round pairs a ring with the h2load run right after it, so the machine's drift
         // between rounds cancels out of the share.
         shares.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        report(&mut figs, "dingdong rate as a share of h2load's (median of 5 rounds)", shares[shares.len() / 2], "%", ">= 90%");
+        report(
+            &mut figs,
+            "dingdong rate as a share of h2load's (median of 5 rounds)",
+            shares[shares.len() / 2],
+            "%",
+            ">= 90%",
+        );
     }
     let _ = daemon.kill();
     let _ = daemon.wait();

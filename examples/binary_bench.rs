@@ -110,16 +110,7 @@ async fn main() {
 
     if std::env::var_os("BENCH_TRANSPORT_ONLY").is_some() {
         // The sender alone, outcomes only counted: what the transport costs without SQLite.
-        let targets: std::sync::Arc<Vec<dingdong::apns::Target>> = std::sync::Arc::new(
-            job.phones
-                .iter()
-                .map(|p| dingdong::apns::Target {
-                    phone_id: p.phone_id,
-                    token: p.token.clone(),
-                    environment: p.environment,
-                })
-                .collect(),
-        );
+        let targets = job.phones.targets.clone();
         let msg = std::sync::Arc::new(dingdong::apns::Message {
             topic: "com.example.doorbell".into(),
             payload: dingdong::apns::ring_payload("front", "Front door", "bench", "default").unwrap(),

@@ -10,7 +10,7 @@ use crate::apns::binary::BinarySender;
 use crate::apns::http2::Http2Client;
 use crate::apns::{ring_payload, Message, Outcome, Target};
 use crate::mqtt::MqttHandle;
-use crate::store::rings::{JobPhone, OutcomeRow, PhoneOutcome, RingJob, RingSummary};
+use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
@@ -142,25 +142,23 @@ impl Outbox {
                 return None;
             }
         };
-        // One message per app topic (nearly always one). The job's phones are moved into the
-        // transport's targets, not copied: a 120,000-phone ring holds each token once.
+        // One message per app topic (nearly always one). The job's targets go to the
+        // transport as they are, shared, not copied: a 120,000-phone ring holds each token once.
         let phones = std::mem::take(&mut job.phones);
-        let one_topic = phones.windows(2).all(|w| w[0].topic == w[1].topic);
-        let target = |p: JobPhone| Target { phone_id: p.phone_id, token: p.token, environment: p.environment };
-        let groups: Vec<TopicGroup> = if one_topic {
-            let topic = phones.first().and_then(|p| p.topic.clone());
-            let seqs = phones.iter().map(|p| p.seq).collect();
-            // Collected in place: the job's buffer becomes the targets' (no second copy).
-            vec![(topic, Arc::new(phones.into_iter().map(target).collect()), seqs)]
-        } else {
-            let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
-            for mut p in phones {
-                let (targets, seqs) = by_topic.entry(p.topic.take()).or_default();
-                seqs.push(p.seq);
-                targets.push(target(p));
+        let seqs = || (0..phones.len() as i64).collect();
+        let groups: Vec<TopicGroup> = match &phones.topics {
+            Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), seqs())],
+            Topics::PerPhone(topics) => {
+                let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
+                for (seq, (t, topic)) in phones.targets.iter().zip(topics.iter()).enumerate() {
+                    let (targets, seqs) = by_topic.entry(topic.clone()).or_default();
+                    seqs.push(seq as i64);
+                    targets.push(t.clone());
+                }
+                by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
             }
-            by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
         };
+        drop(phones);
         let mut latency = Latency::default();
         for (topic, targets, seqs) in groups {
             let msg = Arc::new(Message {

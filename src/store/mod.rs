@@ -41,6 +41,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     conn: Connection,
+    /// Big recipient lists kept between rings (see `Store::create_ring`).
+    recipients: rings::KeptRecipients,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -97,7 +99,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
-        Ok(Store { conn })
+        Ok(Store { conn, recipients: Default::default() })
     }
 
     pub fn conn(&self) -> &Connection {

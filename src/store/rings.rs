@@ -3,9 +3,10 @@
 //! in batches; pruning honours re-registration.
 
 use super::{Result, Store};
-use crate::apns::{Environment, Outcome, Token};
+use crate::apns::{Environment, Outcome, Target, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
+use std::sync::Arc;
 
 /// What pressing the button did to the rings table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,18 +30,77 @@ pub struct RingJob {
     pub pressed_at: i64,
     pub received_at: i64,
     pub expires_at: i64,
-    pub phones: Vec<JobPhone>,
+    /// The phones to reach. A phone's place in `phones.targets` is its `seq` in the job:
+    /// consecutive deliveries are recorded as one run.
+    pub phones: Recipients,
 }
 
+/// One phone a press reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPhone {
-    /// Position in the ring's job (phone-id order): consecutive deliveries are recorded as one run.
-    pub seq: i64,
     pub phone_id: i64,
     pub token: Token,
     pub environment: Environment,
     pub topic: Option<String>,
 }
+
+/// A ring's phones as the transports take them: shared, not copied, between the ring and
+/// [`Store`]'s memory of the doorbell's recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipients {
+    pub targets: Arc<Vec<Target>>,
+    pub topics: Topics,
+}
+
+impl Default for Recipients {
+    /// No phones.
+    fn default() -> Self {
+        Recipients { targets: Arc::new(Vec::new()), topics: Topics::Same(None) }
+    }
+}
+
+/// The app topic of each phone of a [`Recipients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
+    /// Every phone has this one (nearly always `None`: the configured `apns.topic`).
+    Same(Option<String>),
+    /// Phone by phone, in `targets` order.
+    PerPhone(Arc<Vec<Option<String>>>),
+}
+
+impl Recipients {
+    /// The job of `phones`, in their order. The phones' buffer becomes the targets' (no
+    /// second copy of a building's phones).
+    pub fn from_phones(phones: Vec<JobPhone>) -> Recipients {
+        let same = phones.windows(2).all(|w| w[0].topic == w[1].topic);
+        let topics = if same {
+            Topics::Same(phones.first().and_then(|p| p.topic.clone()))
+        } else {
+            Topics::PerPhone(Arc::new(phones.iter().map(|p| p.topic.clone()).collect()))
+        };
+        let mut targets: Vec<Target> = phones
+            .into_iter()
+            .map(|p| Target { phone_id: p.phone_id, token: p.token, environment: p.environment })
+            .collect();
+        // Collected in place, the buffer keeps the size of the phones; hand the rest back.
+        targets.shrink_to_fit();
+        Recipients { targets: Arc::new(targets), topics }
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// Recipient lists of at least this many phones are kept between rings (see
+/// [`Store::create_ring`]); smaller ones are quicker to read again than to hold.
+const KEEP_RECIPIENTS_FROM: usize = 1_000;
+/// At most this many phones' worth of recipient lists are kept.
+const KEEP_RECIPIENTS_MAX: usize = 250_000;
 
 /// The press to record.
 pub struct Press<'a> {
@@ -110,7 +170,6 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
                 continue;
             };
             phones.push(JobPhone {
-                seq: 0,
                 phone_id: r.get(0)?,
                 token,
                 environment: Environment::parse(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)
@@ -123,9 +182,6 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
         phones.sort_unstable_by_key(|p| p.phone_id);
         let mut seen = std::collections::HashSet::with_capacity(phones.len());
         phones.retain(|p| seen.insert(p.token.clone()));
-    }
-    for (seq, p) in phones.iter_mut().enumerate() {
-        p.seq = seq as i64;
     }
     Ok(phones)
 }
@@ -170,7 +226,18 @@ impl Settled {
 impl Store {
     /// Records a press. A new ring is one row (with its recipient count), written before
     /// the first send; its phones are the doorbell's recipients, read here, not copied.
+    ///
+    /// A big doorbell's recipient list (a building: 120,000 phones take 50-100 ms to read)
+    /// is kept after its ring and reused by the next while `recipients_version`, which
+    /// triggers move on any change to who a press reaches, has not moved.
     pub fn create_ring(&mut self, p: &Press) -> Result<RingStart> {
+        let mut kept = std::mem::take(&mut self.recipients);
+        let started = self.create_ring_keeping(p, &mut kept);
+        self.recipients = kept;
+        started
+    }
+
+    fn create_ring_keeping(&mut self, p: &Press, kept: &mut KeptRecipients) -> Result<RingStart> {
         let tx = self.conn.transaction()?;
         let exists: Option<i64> =
             tx.query_row("SELECT 1 FROM rings WHERE id = ?1", [p.ring_id], |r| r.get(0)).optional()?;
@@ -201,7 +268,7 @@ impl Store {
             tx.commit()?;
             return Ok(RingStart::Expired { ring_id: p.ring_id.into() });
         }
-        let phones = recipients_on(&tx, p.doorbell_id)?;
+        let phones = kept.read(&tx, p.doorbell_id)?;
         tx.execute(
             "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, phones)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
@@ -321,13 +388,10 @@ impl Store {
         Ok(Settled { runs, run_phones, outcomes })
     }
 
-    /// The doorbell's current recipients that `ring_id` has not settled yet, numbered as a job.
+    /// The doorbell's current recipients that `ring_id` has not settled yet.
     fn pending_phones(&self, doorbell: &str, settled: &Settled) -> Result<Vec<JobPhone>> {
         let mut phones = recipients_on(&self.conn, doorbell)?;
         phones.retain(|p| !settled.outcomes.contains_key(&p.phone_id) && !settled.in_run(p.phone_id));
-        for (seq, p) in phones.iter_mut().enumerate() {
-            p.seq = seq as i64;
-        }
         Ok(phones)
     }
 
@@ -459,14 +523,14 @@ impl Store {
                     pressed_at: r.get(3)?,
                     received_at: r.get(4)?,
                     expires_at: r.get(5)?,
-                    phones: vec![],
+                    phones: Recipients::default(),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
         drop(st);
         for j in &mut jobs {
             let settled = self.settled(&j.ring_id)?;
-            j.phones = self.pending_phones(&j.doorbell_id, &settled)?;
+            j.phones = Recipients::from_phones(self.pending_phones(&j.doorbell_id, &settled)?);
             self.conn.execute(
                 "UPDATE rings SET phones = ?2 WHERE id = ?1",
                 params![j.ring_id, settled.count() + j.phones.len() as i64],
@@ -488,6 +552,51 @@ impl Store {
             .query_map([n as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         ids.iter().map(|id| self.ring_summary(id)).collect()
+    }
+}
+
+/// Recipient lists kept between rings (in [`Store`]), valid for one `recipients_version`.
+#[derive(Debug, Default)]
+pub struct KeptRecipients {
+    /// `recipients_version.n` and the highest phone id when the lists were read.
+    version: (i64, i64),
+    lists: std::collections::HashMap<String, Recipients>,
+}
+
+impl KeptRecipients {
+    /// `doorbell`'s recipients inside `tx`: the kept list when nothing changed since it was
+    /// read, else read now (and kept when big).
+    fn read(&mut self, tx: &rusqlite::Transaction<'_>, doorbell: &str) -> Result<Recipients> {
+        // A new phone takes an id above every other (ids of removed phones are reused only
+        // after a removal, which moves the counter): the two together move on any change.
+        let version: (i64, i64) = tx.query_row(
+            "SELECT (SELECT n FROM recipients_version WHERE id = 1), (SELECT IFNULL(MAX(id), 0) FROM phones)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if version != self.version {
+            self.lists.clear();
+            self.version = version;
+        }
+        if let Some(r) = self.lists.get(doorbell) {
+            return Ok(r.clone());
+        }
+        let phones = Recipients::from_phones(recipients_on(tx, doorbell)?);
+        if phones.len() >= KEEP_RECIPIENTS_FROM {
+            let held: usize = self.lists.values().map(Recipients::len).sum();
+            if held + phones.len() > KEEP_RECIPIENTS_MAX {
+                self.lists.clear();
+            }
+            if phones.len() <= KEEP_RECIPIENTS_MAX {
+                self.lists.insert(doorbell.to_string(), phones.clone());
+            }
+        }
+        Ok(phones)
+    }
+
+    /// Phones held in kept lists.
+    pub fn phones(&self) -> usize {
+        self.lists.values().map(Recipients::len).sum()
     }
 }
 
@@ -517,6 +626,74 @@ mod tests {
             expiry_ms: 300_000,
             debounce_ms: 3_000,
         }
+    }
+
+    /// A big doorbell's recipients are read once and reused by the next ring, until anything
+    /// changes who a press reaches, in this process or another one (the CLI).
+    #[test]
+    fn a_kept_recipient_list_follows_every_change() {
+        let (dir, mut s) = setup();
+        let tokens: String =
+            (0..KEEP_RECIPIENTS_FROM).map(|i| format!("{:064x}\n", 0xbee0_0000_u64 + i as u64)).collect();
+        s.import_phones(
+            crate::store::import::ImportFormat::Tokens { user: "o" },
+            tokens.as_bytes(),
+            Environment::Production,
+        )
+        .unwrap();
+        let at = std::cell::Cell::new(1_000_000);
+        let ring = |s: &mut Store| -> Recipients {
+            at.set(at.get() + 10_000); // past the debounce window
+            let id = format!("r{}", at.get());
+            let RingStart::Created(job) = s.create_ring(&press(&id, at.get(), at.get())).unwrap() else {
+                panic!("no ring")
+            };
+            job.phones
+        };
+        let first = ring(&mut s);
+        assert_eq!(first.len(), KEEP_RECIPIENTS_FROM + 3);
+        assert_eq!(s.recipients.phones(), first.len(), "kept");
+        let again = ring(&mut s);
+        assert!(Arc::ptr_eq(&first.targets, &again.targets), "nothing changed: reused, not read");
+
+        // A phone's last problem does not change who is reached.
+        let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
+        let t = &again.targets[0];
+        let row = OutcomeRow { seq: 0, phone_id: t.phone_id, token: t.token.clone(), outcome: failed };
+        s.record_outcomes(&format!("r{}", at.get()), &[row]).unwrap();
+        let after_problem = ring(&mut s);
+        assert!(Arc::ptr_eq(&first.targets, &after_problem.targets));
+
+        // Removed, added, moved to the sandbox, shared, unshared: each is seen by the next ring.
+        s.remove_phone(&"01".repeat(32)).unwrap();
+        let removed = ring(&mut s);
+        assert_eq!(removed.len(), first.len() - 1);
+        s.add_phone("o", &"01".repeat(32), Environment::Production, None, None).unwrap();
+        assert_eq!(ring(&mut s).len(), first.len());
+        s.conn.execute("UPDATE phones SET environment = 'sandbox' WHERE token = ?1", ["02".repeat(32)]).unwrap();
+        let sandbox = ring(&mut s);
+        assert_eq!(sandbox.targets.iter().filter(|t| t.environment == Environment::Sandbox).count(), 1);
+        s.add_user("guest").unwrap();
+        s.add_phone("guest", &"0a".repeat(32), Environment::Production, None, None).unwrap();
+        s.add_doorbell("back", None, "guest").unwrap();
+        s.share("front", "guest").unwrap();
+        assert_eq!(ring(&mut s).len(), first.len() + 1);
+        s.unshare("front", "guest").unwrap();
+        assert_eq!(ring(&mut s).len(), first.len());
+
+        // Another process removes a phone: this store's next ring does not reach it.
+        let mut cli = Store::open(&dir.path().join("d.db")).unwrap();
+        cli.remove_phone(&"03".repeat(32)).unwrap();
+        let elsewhere = ring(&mut s);
+        assert_eq!(elsewhere.len(), first.len() - 1);
+        assert!(elsewhere.targets.iter().all(|t| t.token.hex() != "03".repeat(32)));
+
+        // Small lists are not kept.
+        let mut p = press("rb", at.get() + 10_000, at.get() + 10_000);
+        p.doorbell_id = "back";
+        let RingStart::Created(job) = s.create_ring(&p).unwrap() else { panic!("no ring") };
+        assert_eq!(job.phones.len(), 1);
+        assert_eq!(s.recipients.phones(), first.len() - 1);
     }
 
     #[test]
@@ -550,16 +727,15 @@ mod tests {
         let batch: Vec<OutcomeRow> = [(0, Outcome::Delivered), (1, Outcome::Delivered), (3, failed)]
             .into_iter()
             .map(|(i, outcome)| {
-                let p = &job.phones[i];
-                OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome }
+                let p = &job.phones.targets[i];
+                OutcomeRow { seq: i as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
             })
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
-        s.remove_phone(&job.phones[5].token.hex()).unwrap();
+        s.remove_phone(&job.phones.targets[5].token.hex()).unwrap();
         let jobs = s.unfinished_rings().unwrap();
-        let left: Vec<i64> = jobs[0].phones.iter().map(|p| p.phone_id).collect();
-        assert_eq!(left, [job.phones[2].phone_id, job.phones[4].phone_id]);
-        assert_eq!(jobs[0].phones.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1]);
+        let left: Vec<i64> = jobs[0].phones.targets.iter().map(|p| p.phone_id).collect();
+        assert_eq!(left, [job.phones.targets[2].phone_id, job.phones.targets[4].phone_id]);
         let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
         assert_eq!(states, ["delivered", "delivered", "pending", "failed", "pending"]);
         let sum = s.expire_ring("r1").unwrap();
@@ -577,15 +753,15 @@ mod tests {
             s.add_phone("o", &format!("{i:02x}").repeat(32), Environment::Production, None, None).unwrap();
         }
         let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
-        assert_eq!(job.phones.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(job.phones.len(), 6);
         let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
         // Answers arrive out of order; seq 2 fails in the middle of a run of deliveries.
         let batch: Vec<OutcomeRow> = [5, 2, 0, 4, 1]
             .iter()
             .map(|&i| {
-                let p = &job.phones[i];
+                let p = &job.phones.targets[i];
                 let outcome = if i == 2 { failed.clone() } else { Outcome::Delivered };
-                OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome }
+                OutcomeRow { seq: i as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
             })
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
@@ -598,8 +774,8 @@ mod tests {
         let runs: i64 = s.conn.query_row("SELECT COUNT(*) FROM ring_runs", [], |r| r.get(0)).unwrap();
         assert_eq!(runs, 2);
         // A later delivery clears the phone's problem.
-        let p = &job.phones[3];
-        let row = OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome: Outcome::Delivered };
+        let p = &job.phones.targets[3];
+        let row = OutcomeRow { seq: 3, phone_id: p.phone_id, token: p.token.clone(), outcome: Outcome::Delivered };
         s.record_outcomes("r1", &[row]).unwrap();
         let sum = s.finish_ring("r1").unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending, sum.expired), (6, 5, 1, 0, 0));
@@ -619,9 +795,16 @@ mod tests {
         ];
         let batch: Vec<OutcomeRow> = job
             .phones
+            .targets
             .iter()
             .zip(outcomes)
-            .map(|(p, outcome)| OutcomeRow { seq: p.seq, phone_id: p.phone_id, token: p.token.clone(), outcome })
+            .enumerate()
+            .map(|(i, (p, outcome))| OutcomeRow {
+                seq: i as i64,
+                phone_id: p.phone_id,
+                token: p.token.clone(),
+                outcome,
+            })
             .collect();
         assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
         let sum = s.finish_ring("r1").unwrap();
