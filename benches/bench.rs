@@ -46,13 +46,15 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Read and write system calls a process has made so far (`/proc/<pid>/io`).
-fn syscalls(pid: u32) -> (f64, f64) {
+/// A field of `/proc/<pid>/io` (`syscr:`, `syscw:`, `wchar:`, ...).
+fn io_field(pid: u32, name: &str) -> f64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let field = |name: &str| {
-        io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
-    };
-    (field("syscr:"), field("syscw:"))
+    io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// Read and write system calls a process has made so far.
+fn syscalls(pid: u32) -> (f64, f64) {
+    (io_field(pid, "syscr:"), io_field(pid, "syscw:"))
 }
 
 /// A `/proc/<pid>/status` field in MB (VmRSS, VmHWM).
@@ -171,6 +173,9 @@ struct H2load {
     payload: PathBuf,
     uris: PathBuf,
     headers: Vec<String>,
+    /// For reference: one device path and four headers (no expiration, no collapse id), as
+    /// this bench measured h2load before it sent dingdong's requests.
+    minimal: bool,
 }
 
 impl H2load {
@@ -202,17 +207,27 @@ impl H2load {
             format!("apns-expiration: {expiration}"),
             "apns-collapse-id: building".to_string(),
         ];
-        Some(H2load { payload, uris, headers })
+        Some(H2load { payload, uris, headers, minimal: false })
     }
 
     /// One run of FANOUT requests: `(requests/s, h2load's CPU seconds, the simulator's)`.
     /// Through sh, whose `times` prints the CPU its child (h2load) used.
     fn run(&self, streams: u32, threads: u32, sim_pid: u32) -> Option<(f64, f64, f64)> {
-        let headers: String = self.headers.iter().map(|h| format!(" -H '{h}'")).collect();
+        let headers: String = self
+            .headers
+            .iter()
+            .filter(|h| !self.minimal || !(h.starts_with("apns-expiration") || h.starts_with("apns-collapse-id")))
+            .map(|h| format!(" -H '{h}'"))
+            .collect();
+        let uris = if self.minimal {
+            let first = std::fs::read_to_string(&self.uris).unwrap_or_default();
+            format!("'{}'", first.lines().next().unwrap_or_default())
+        } else {
+            format!("-i '{}'", self.uris.display())
+        };
         let cmd = format!(
-            "h2load -n {FANOUT} -c 4 -m {streams} -t {threads} -d '{}'{headers} -i '{}'; times",
-            self.payload.display(),
-            self.uris.display()
+            "h2load -n {FANOUT} -c 4 -m {streams} -t {threads} -d '{}'{headers} {uris}; times",
+            self.payload.display()
         );
         let sim_cpu0 = cpu_seconds(sim_pid);
         let sim_io0 = syscalls(sim_pid);
@@ -249,6 +264,26 @@ impl H2load {
     }
 }
 
+/// `DINGDONG_BENCH_PERF=FILE`: records a CPU profile of `pid` into FILE + `suffix` until
+/// [`stop_perf`].
+fn start_perf(pid: u32, suffix: &str) -> Option<Child> {
+    let file = std::env::var("DINGDONG_BENCH_PERF").ok()? + suffix;
+    let child = Command::new("perf")
+        .args(["record", "--call-graph", "dwarf,8192", "-F", "499", "-o", &file, "-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf starts");
+    Some(child)
+}
+
+fn stop_perf(perf: Option<Child>) {
+    if let Some(p) = perf {
+        let _ = Command::new("kill").arg("-INT").arg(p.id().to_string()).status();
+        let _ = p.wait_with_output();
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -275,7 +310,29 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let broker = Mosquitto::start(d);
+    // DINGDONG_BENCH_ONLY=fanout,latency,legacy runs only those parts.
+    let only = std::env::var("DINGDONG_BENCH_ONLY").ok();
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p.trim() == part));
+    if wanted("fanout") {
+        fanout(&mut figs, d, &broker).await;
+    }
+    if wanted("latency") {
+        latency(&mut figs, d, &broker).await;
+    }
+    if wanted("legacy") {
+        legacy(&mut figs, d, &broker).await;
+    }
+    println!();
+    println!("summary ({machine})");
+    println!("| figure | value | target |");
+    println!("| --- | ---: | --- |");
+    for f in &figs {
+        println!("| {} | {:.2} {} | {} |", f.name, f.value, f.unit, f.target);
+    }
+}
 
+/// HTTP/2 fan-out of 120,000 phones against the simulator, with h2load alongside.
+async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     // ---- HTTP/2 fan-out of 120,000 phones -------------------------------------------------
     let fan = d.join("fanout");
     std::fs::create_dir_all(&fan).unwrap();
@@ -285,19 +342,19 @@ async fn run() {
     ok(&cfg, &["doorbell", "add", "building", "--owner", "owner"]);
     let t = Instant::now();
     let tokens = import_phones(&cfg, &fan, "owner", 0, FANOUT);
-    report(&mut figs, "phone import, 120,000 tokens", t.elapsed().as_secs_f64(), "s", "seconds, not minutes");
+    report(figs, "phone import, 120,000 tokens", t.elapsed().as_secs_f64(), "s", "seconds, not minutes");
 
     let (mut daemon, ready) = spawn_daemon_ready(&cfg, &fan);
-    report(&mut figs, "start to READY=1", ready.as_secs_f64() * 1000.0, "ms", "-");
+    report(figs, "start to READY=1", ready.as_secs_f64() * 1000.0, "ms", "-");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    report(&mut figs, "idle RSS after start-up", mem_mb(daemon.id(), "VmRSS:"), "MB", "< 15 MB");
+    report(figs, "idle RSS after start-up", mem_mb(daemon.id(), "VmRSS:"), "MB", "< 15 MB");
 
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
     // h2load against the same simulator, where installed: first each of four settings once
     // (4 connections; 250 or 1,000 streams each; 1 or 2 threads) to find the machine's best,
     // then that setting once after each of dingdong's rings. This machine's speed drifts, so
     // dingdong and h2load are measured alternately and their medians compared.
-    let h2load = H2load::new(&fan, &sim_addr, &creds, &tokens);
+    let mut h2load = H2load::new(&fan, &sim_addr, &creds, &tokens);
     let mut best = None;
     if let Some(h) = &h2load {
         for (streams, threads) in [(1000, 1), (1000, 2), (250, 1), (250, 2)] {
@@ -312,16 +369,9 @@ async fn run() {
         println!("h2load not installed (Debian nghttp2-client): skipping its figures");
     }
     // DINGDONG_BENCH_PERF=FILE records a CPU profile of the daemon during the fan-outs.
-    let perf = std::env::var("DINGDONG_BENCH_PERF").ok().map(|file| {
-        Command::new("perf")
-            .args(["record", "--call-graph", "dwarf,8192", "-F", "499", "-o", &file, "-p", &daemon.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("perf starts")
-    });
-    // Three rings on one daemon (the first also opens the connections; the others reuse
-    // them), each followed by h2load at its best setting.
+    let perf = start_perf(daemon.id(), "");
+    // Five rings on one daemon (the first also opens the connections and reads the
+    // recipients; the others reuse both), each followed by h2load at its best setting.
     let (mut runs, mut h2runs, mut shares) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=FANOUT_RUNS {
         let cpu0 = cpu_seconds(daemon.id());
@@ -367,10 +417,7 @@ async fn run() {
             }
         }
     }
-    if let Some(p) = perf {
-        let _ = Command::new("kill").arg("-INT").arg(p.id().to_string()).status();
-        let _ = p.wait_with_output();
-    }
+    stop_perf(perf);
     let median = |v: &mut Vec<(f64, f64, f64)>| {
         v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         v[v.len() / 2]
@@ -378,40 +425,57 @@ async fn run() {
     runs.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
     let (rate, wall, cpu, sim_cpu) = runs[runs.len() / 2];
     let delivered = FANOUT as f64;
-    report(&mut figs, "HTTP/2 fan-out 120,000 (median of 5): notifications/s", rate, "/s", ">= 90% of h2load");
-    report(&mut figs, "HTTP/2 fan-out 120,000: press to outcome published", wall, "s", "-");
-    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU per notification", cpu / delivered * 1e6, "us", "<= 12 us");
-    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong CPU", cpu, "s", "-");
-    report(&mut figs, "HTTP/2 fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "< 40 MB");
-    report(&mut figs, "HTTP/2 fan-out 120,000: simulator CPU per request", sim_cpu / delivered * 1e6, "us", "-");
+    report(figs, "HTTP/2 fan-out 120,000 (median of 5): notifications/s", rate, "/s", ">= 90% of h2load");
+    report(figs, "HTTP/2 fan-out 120,000: press to outcome published", wall, "s", "-");
+    report(figs, "HTTP/2 fan-out 120,000: dingdong CPU per notification", cpu / delivered * 1e6, "us", "<= 12 us");
+    report(figs, "HTTP/2 fan-out 120,000: dingdong CPU", cpu, "s", "-");
+    report(figs, "HTTP/2 fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "< 40 MB");
+    report(figs, "HTTP/2 fan-out 120,000: simulator CPU per request", sim_cpu / delivered * 1e6, "us", "-");
     if !h2runs.is_empty() {
         let (r, h2cpu, simcpu) = median(&mut h2runs);
         report(
-            &mut figs,
+            figs,
             "h2load, same requests and simulator, best setting (median of 5): requests/s",
             r,
             "/s",
             "the machine's limit",
         );
-        report(&mut figs, "h2load CPU per request", h2cpu / delivered * 1e6, "us", "-");
-        report(&mut figs, "h2load runs: simulator CPU per request", simcpu / delivered * 1e6, "us", "-");
-        report(&mut figs, "dingdong's median rate as a share of h2load's median", rate / r * 100.0, "%", "-");
+        report(figs, "h2load CPU per request", h2cpu / delivered * 1e6, "us", "-");
+        report(figs, "h2load runs: simulator CPU per request", simcpu / delivered * 1e6, "us", "-");
+        report(figs, "dingdong's median rate as a share of h2load's median", rate / r * 100.0, "%", "-");
         // Each round pairs a ring with the h2load run right after it, so the machine's drift
         // between rounds cancels out of the share.
         shares.sort_by(|a, b| a.partial_cmp(b).unwrap());
         report(
-            &mut figs,
+            figs,
             "dingdong rate as a share of h2load's (median of 5 rounds)",
             shares[shares.len() / 2],
             "%",
             ">= 90%",
         );
     }
+    // For reference, h2load's lighter requests of earlier versions of this bench: one path,
+    // four headers. One run at the best setting, so only a rough figure.
+    if let (Some(h), Some((_, streams, threads))) = (h2load.as_mut(), best) {
+        h.minimal = true;
+        if let Some((r, h2cpu, simcpu)) = h.run(streams, threads, sim.id()) {
+            println!(
+                "h2load with one path and four headers (-m {streams} -t {threads}): {r:.0} requests/s, {:.2} us/request, simulator {:.2} us/request",
+                h2cpu / FANOUT as f64 * 1e6,
+                simcpu / FANOUT as f64 * 1e6
+            );
+            report(figs, "h2load, one path and four headers (reference, one run): requests/s", r, "/s", "-");
+            report(figs, "dingdong's median rate as a share of that", rate / r * 100.0, "%", "-");
+        }
+    }
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = sim.kill();
     let _ = sim.wait();
+}
 
+/// Press latency through mosquitto for a 20-phone household.
+async fn latency(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     // ---- Press latency, 20-phone household, 1,000 presses --------------------------------
     let lat = d.join("latency");
     std::fs::create_dir_all(&lat).unwrap();
@@ -446,16 +510,19 @@ async fn run() {
     for v in [&mut first, &mut all, &mut last_req] {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     }
-    report(&mut figs, "press -> first APNs request, p50", percentile(&first, 0.5), "ms", "-");
-    report(&mut figs, "press -> first APNs request, p99", percentile(&first, 0.99), "ms", "p99 < 5 ms");
-    report(&mut figs, "press -> first APNs request, max", percentile(&first, 1.0), "ms", "-");
-    report(&mut figs, "press -> 20th APNs request, p99", percentile(&last_req, 0.99), "ms", "-");
-    report(&mut figs, "press -> all 20 answered (outcome on MQTT), p50", percentile(&all, 0.5), "ms", "-");
-    report(&mut figs, "press -> all 20 answered (outcome on MQTT), p99", percentile(&all, 0.99), "ms", "p99 < 20 ms");
-    report(&mut figs, "press -> all 20 answered (outcome on MQTT), max", percentile(&all, 1.0), "ms", "-");
+    report(figs, "press -> first APNs request, p50", percentile(&first, 0.5), "ms", "-");
+    report(figs, "press -> first APNs request, p99", percentile(&first, 0.99), "ms", "p99 < 5 ms");
+    report(figs, "press -> first APNs request, max", percentile(&first, 1.0), "ms", "-");
+    report(figs, "press -> 20th APNs request, p99", percentile(&last_req, 0.99), "ms", "-");
+    report(figs, "press -> all 20 answered (outcome on MQTT), p50", percentile(&all, 0.5), "ms", "-");
+    report(figs, "press -> all 20 answered (outcome on MQTT), p99", percentile(&all, 0.99), "ms", "p99 < 20 ms");
+    report(figs, "press -> all 20 answered (outcome on MQTT), max", percentile(&all, 1.0), "ms", "-");
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
 
+/// Legacy binary fan-out of 120,000 phones with 1% invalid tokens.
+async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     // ---- Legacy binary fan-out: 120,000 phones, 1% invalid, a status-10 shutdown midway ----
     let leg = d.join("legacy");
     std::fs::create_dir_all(&leg).unwrap();
@@ -498,34 +565,37 @@ async fn run() {
     ok(&cfg, &["phone", "import", "owner", leg.join("phones.txt").to_str().unwrap()]);
     let (mut daemon, _) = spawn_daemon_ready(&cfg, &leg);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let perf = start_perf(daemon.id(), ".legacy");
     let cpu0 = cpu_seconds(daemon.id());
+    let wrote0 = io_field(daemon.id(), "wchar:");
     obs.press("building", dingdong::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     let cpu = cpu_seconds(daemon.id()) - cpu0;
+    stop_perf(perf);
     let settled = outcome["delivered"].as_f64().unwrap_or(0.0) + outcome["pruned"].as_f64().unwrap_or(0.0);
     assert_eq!(settled as u32, FANOUT, "every phone delivered or pruned: {outcome}");
     assert_eq!(outcome["pruned"].as_u64(), Some(1_200), "{outcome}");
     let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(1.0);
+    // What was written includes what the gateway dropped unread after each invalid token
+    // and was written again on the next connection.
+    let frame = 45 + dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap().len();
+    println!(
+        "legacy fan-out: first answer {:.0} ms, all answered {all_ms:.0} ms, dingdong {cpu:.2} s CPU, wrote {:.2} frames' worth per notification",
+        outcome["latency_ms"]["first"].as_f64().unwrap_or(0.0),
+        (io_field(daemon.id(), "wchar:") - wrote0) / (FANOUT as f64 * frame as f64)
+    );
     report(
-        &mut figs,
+        figs,
         "legacy binary fan-out 120,000 (1% invalid, status 10 midway): notifications/s",
         settled / (all_ms / 1000.0),
         "/s",
         ">= 100,000/s",
     );
-    report(&mut figs, "legacy binary fan-out 120,000: press received to last outcome", all_ms / 1000.0, "s", "< 2 s");
-    report(&mut figs, "legacy binary fan-out 120,000: dingdong CPU", cpu, "s", "-");
-    report(&mut figs, "legacy binary fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "-");
+    report(figs, "legacy binary fan-out 120,000: press received to last outcome", all_ms / 1000.0, "s", "< 2 s");
+    report(figs, "legacy binary fan-out 120,000: dingdong CPU", cpu, "s", "-");
+    report(figs, "legacy binary fan-out 120,000: dingdong peak RSS", mem_mb(daemon.id(), "VmHWM:"), "MB", "-");
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = sim.kill();
     let _ = sim.wait();
-
-    println!();
-    println!("summary ({machine})");
-    println!("| figure | value | target |");
-    println!("| --- | ---: | --- |");
-    for f in &figs {
-        println!("| {} | {:.2} {} | {} |", f.name, f.value, f.unit, f.target);
-    }
 }

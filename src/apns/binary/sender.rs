@@ -31,6 +31,8 @@ const CHUNK: usize = 32 * 1024;
 
 /// Default window for the formats with identifiers.
 pub const WINDOW: usize = 4096;
+/// The smallest write budget of a connection (about two chunks of notifications).
+const MIN_BUDGET: usize = 256;
 /// Default window for the simple format.
 pub const SIMPLE_WINDOW: usize = 64;
 
@@ -181,6 +183,7 @@ impl BinarySender {
     async fn lane(&self, batch: &Batch, range: Range<usize>) {
         let s = &self.inner.settings;
         let mut w = Window::new(range, s.window, s.format.has_identifiers());
+        let mut budget = s.window;
         let (mut strikes, mut connections) = (0u32, 0u32);
         let mut last_error = String::new();
         while !w.done() {
@@ -200,10 +203,15 @@ impl BinarySender {
                 }
             };
             connections += 1;
+            w.set_limit(budget);
             let settled = match self.run_connection(&mut w, stream, batch).await {
                 ConnEnd::Answer(e) => {
                     debug!(status = e.status.code(), identifier = e.identifier, "legacy gateway answered");
-                    w.on_answer(e.status, e.identifier)
+                    let settled = w.on_answer(e.status, e.identifier);
+                    let accepted =
+                        settled.iter().filter(|(_, o)| matches!(o, Outcome::Delivered)).map(|(r, _)| r.len()).sum();
+                    budget = next_budget(budget, s.window, e.identifier == window::SENTINEL_ID, e.status, accepted);
+                    settled
                 }
                 ConnEnd::Closed(why) => {
                     debug!(error = %why, unconfirmed = w.unconfirmed().len(), "legacy connection lost: resending its unconfirmed tail");
@@ -320,6 +328,25 @@ impl BinarySender {
     }
 }
 
+/// How many notifications the next connection of a lane may write before its sentinel.
+///
+/// The gateway drops a connection at the first bad token, and everything written behind it
+/// goes again on the next connection. Writing far ahead on loopback or a fat pipe, a lane
+/// with 1% bad tokens wrote each notification 25 times over. So the budget follows how far
+/// connections get, as TCP's slow start does: twice what the last one got through before a
+/// bad token, doubled when a connection takes its whole budget (the sentinel's rejection),
+/// never below [`MIN_BUDGET`] or above the window.
+fn next_budget(budget: usize, window: usize, by_sentinel: bool, status: codec::Status, accepted: usize) -> usize {
+    let next = if by_sentinel {
+        budget.saturating_mul(2)
+    } else if status == codec::Status::Shutdown {
+        budget // not about the tokens
+    } else {
+        accepted.saturating_add(1).saturating_mul(2)
+    };
+    next.clamp(MIN_BUDGET.min(window), window)
+}
+
 fn sentinel(payload: &[u8]) -> Notification<'_> {
     Notification { token: &window::SENTINEL_TOKEN, payload, identifier: window::SENTINEL_ID, expiry: 0, priority: 10 }
 }
@@ -339,5 +366,24 @@ async fn read_answer(mut rd: ReadHalf<Tls>) -> ConnEnd {
             Ok(None) => {}
             Err(e) => return ConnEnd::Closed(format!("the gateway sent something else than an error-response: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::Status;
+
+    #[test]
+    fn the_write_budget_follows_how_far_connections_get() {
+        // A bad token after 300 good ones: twice that, not the whole window.
+        assert_eq!(next_budget(WINDOW, WINDOW, false, Status::InvalidToken, 300), 602);
+        // Never below two chunks, never above the window.
+        assert_eq!(next_budget(WINDOW, WINDOW, false, Status::InvalidToken, 100), MIN_BUDGET);
+        assert_eq!(next_budget(602, WINDOW, true, Status::InvalidToken, 602), 1204);
+        assert_eq!(next_budget(3000, WINDOW, true, Status::InvalidToken, 3000), WINDOW);
+        // A shutdown says nothing about the tokens; a small window caps everything.
+        assert_eq!(next_budget(512, WINDOW, false, Status::Shutdown, 10), 512);
+        assert_eq!(next_budget(64, 64, false, Status::InvalidToken, 0), 64);
     }
 }

@@ -153,6 +153,11 @@ impl Window {
         r
     }
 
+    /// Sets how many positions the next connection may write before its sentinel.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
     fn restart(&mut self, from: usize) {
         self.base = from;
         self.cursor = from;
