@@ -171,11 +171,11 @@ fn spawn_daemon_ready(cfg: &Path, dir: &Path) -> (Child, Duration) {
 /// (the 120,000 tokens of the fan-out, read from a file with `-i`).
 struct H2load {
     payload: PathBuf,
-    uris: PathBuf,
-    headers: Vec<String>,
+    /// h2load's arguments for dingdong's requests: the headers and `-i` the path list.
+    same: String,
     /// For reference: one device path and four headers (no expiration, no collapse id), as
     /// this bench measured h2load before it sent dingdong's requests.
-    minimal: bool,
+    lighter: String,
 }
 
 impl H2load {
@@ -199,34 +199,25 @@ impl H2load {
         std::fs::write(&uris, list).unwrap();
         // The ring's expiry, as dingdong sends it: five minutes from now, in UNIX seconds.
         let expiration = dingdong::now_ms() / 1000 + 300;
-        let headers = vec![
-            format!("authorization: {}", minter.bearer()),
-            format!("apns-topic: {TOPIC}"),
-            "apns-push-type: alert".to_string(),
-            "apns-priority: 10".to_string(),
-            format!("apns-expiration: {expiration}"),
-            "apns-collapse-id: building".to_string(),
-        ];
-        Some(H2load { payload, uris, headers, minimal: false })
+        let common = format!(
+            " -H 'authorization: {}' -H 'apns-topic: {TOPIC}' -H 'apns-push-type: alert' -H 'apns-priority: 10'",
+            minter.bearer()
+        );
+        let same = format!(
+            "{common} -H 'apns-expiration: {expiration}' -H 'apns-collapse-id: building' -i '{}'",
+            uris.display()
+        );
+        let lighter = format!("{common} 'https://{sim_addr}/3/device/{}'", tokens[0]);
+        Some(H2load { payload, same, lighter })
     }
 
-    /// One run of FANOUT requests: `(requests/s, h2load's CPU seconds, the simulator's)`.
-    /// Through sh, whose `times` prints the CPU its child (h2load) used.
-    fn run(&self, streams: u32, threads: u32, sim_pid: u32) -> Option<(f64, f64, f64)> {
-        let headers: String = self
-            .headers
-            .iter()
-            .filter(|h| !self.minimal || !(h.starts_with("apns-expiration") || h.starts_with("apns-collapse-id")))
-            .map(|h| format!(" -H '{h}'"))
-            .collect();
-        let uris = if self.minimal {
-            let first = std::fs::read_to_string(&self.uris).unwrap_or_default();
-            format!("'{}'", first.lines().next().unwrap_or_default())
-        } else {
-            format!("-i '{}'", self.uris.display())
-        };
+    /// One run of FANOUT requests (dingdong's, or the `lighter` ones for reference):
+    /// `(requests/s, h2load's CPU seconds, the simulator's)`. Through sh, whose `times`
+    /// prints the CPU its child (h2load) used.
+    fn run(&self, lighter: bool, streams: u32, threads: u32, sim_pid: u32) -> Option<(f64, f64, f64)> {
+        let requests = if lighter { &self.lighter } else { &self.same };
         let cmd = format!(
-            "h2load -n {FANOUT} -c 4 -m {streams} -t {threads} -d '{}'{headers} {uris}; times",
+            "h2load -n {FANOUT} -c 4 -m {streams} -t {threads} -d '{}'{requests}; times",
             self.payload.display()
         );
         let sim_cpu0 = cpu_seconds(sim_pid);
@@ -354,11 +345,11 @@ async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     // (4 connections; 250 or 1,000 streams each; 1 or 2 threads) to find the machine's best,
     // then that setting once after each of dingdong's rings. This machine's speed drifts, so
     // dingdong and h2load are measured alternately and their medians compared.
-    let mut h2load = H2load::new(&fan, &sim_addr, &creds, &tokens);
+    let h2load = H2load::new(&fan, &sim_addr, &creds, &tokens);
     let mut best = None;
     if let Some(h) = &h2load {
         for (streams, threads) in [(1000, 1), (1000, 2), (250, 1), (250, 2)] {
-            if let Some((rate, _, _)) = h.run(streams, threads, sim.id()) {
+            if let Some((rate, _, _)) = h.run(false, streams, threads, sim.id()) {
                 println!("h2load -c 4 -m {streams} -t {threads}: {rate:.0} requests/s");
                 if best.is_none_or(|(r, _, _)| rate > r) {
                     best = Some((rate, streams, threads));
@@ -405,7 +396,7 @@ async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
         );
         runs.push((rate, wall, cpu, sim_cpu));
         if let (Some(h), Some((_, streams, threads))) = (&h2load, best) {
-            if let Some((r, h2cpu, simcpu)) = h.run(streams, threads, sim.id()) {
+            if let Some((r, h2cpu, simcpu)) = h.run(false, streams, threads, sim.id()) {
                 println!(
                     "h2load run {run} (-m {streams} -t {threads}): {r:.0} requests/s, {:.2} us/request, simulator {:.2} us/request; dingdong at {:.1}% of it",
                     h2cpu / FANOUT as f64 * 1e6,
@@ -456,9 +447,8 @@ async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     }
     // For reference, h2load's lighter requests of earlier versions of this bench: one path,
     // four headers. One run at the best setting, so only a rough figure.
-    if let (Some(h), Some((_, streams, threads))) = (h2load.as_mut(), best) {
-        h.minimal = true;
-        if let Some((r, h2cpu, simcpu)) = h.run(streams, threads, sim.id()) {
+    if let (Some(h), Some((_, streams, threads))) = (&h2load, best) {
+        if let Some((r, h2cpu, simcpu)) = h.run(true, streams, threads, sim.id()) {
             println!(
                 "h2load with one path and four headers (-m {streams} -t {threads}): {r:.0} requests/s, {:.2} us/request, simulator {:.2} us/request",
                 h2cpu / FANOUT as f64 * 1e6,

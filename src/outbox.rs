@@ -145,9 +145,8 @@ impl Outbox {
         // One message per app topic (nearly always one). The job's targets go to the
         // transport as they are, shared, not copied: a 120,000-phone ring holds each token once.
         let phones = std::mem::take(&mut job.phones);
-        let seqs = || (0..phones.len() as i64).collect();
         let groups: Vec<TopicGroup> = match &phones.topics {
-            Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), seqs())],
+            Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), (0..phones.len() as i64).collect())],
             Topics::PerPhone(topics) => {
                 let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
                 for (seq, (t, topic)) in phones.targets.iter().zip(topics.iter()).enumerate() {

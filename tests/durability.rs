@@ -237,7 +237,7 @@ async fn refused_credentials_stop_the_transport_and_are_reported() {
 async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() {
     use dingdong::apns::auth::JwtMinter;
     use dingdong::apns::http2::{Credentials, Http2Client, Http2Settings};
-    use dingdong::apns::{Environment, Message, Outcome, Reason, Target};
+    use dingdong::apns::{Message, Outcome, Reason, Target};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
@@ -265,15 +265,7 @@ async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() 
         collapse_id: "front".into(),
         priority: 10,
     });
-    let targets: Arc<Vec<Target>> = Arc::new(
-        (0..5)
-            .map(|n| Target {
-                phone_id: n as i64,
-                token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
-                environment: Environment::Production,
-            })
-            .collect(),
-    );
+    let targets: Arc<Vec<Target>> = Arc::new((0..5).map(target).collect());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let t0 = Instant::now();
     client.send(msg, targets, tx, &tokio_util::sync::CancellationToken::new()).await;

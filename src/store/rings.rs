@@ -583,8 +583,7 @@ impl KeptRecipients {
         }
         let phones = Recipients::from_phones(recipients_on(tx, doorbell)?);
         if phones.len() >= KEEP_RECIPIENTS_FROM {
-            let held: usize = self.lists.values().map(Recipients::len).sum();
-            if held + phones.len() > KEEP_RECIPIENTS_MAX {
+            if self.phones() + phones.len() > KEEP_RECIPIENTS_MAX {
                 self.lists.clear();
             }
             if phones.len() <= KEEP_RECIPIENTS_MAX {
@@ -614,6 +613,12 @@ mod tests {
             s.add_phone("o", &format!("{i:02x}").repeat(32), Environment::Production, None, None).unwrap();
         }
         (dir, s)
+    }
+
+    /// The outcome row of the job's phone at position `seq`.
+    fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
+        let p = &phones.targets[seq];
+        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
@@ -658,9 +663,7 @@ mod tests {
 
         // A phone's last problem does not change who is reached.
         let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
-        let t = &again.targets[0];
-        let row = OutcomeRow { seq: 0, phone_id: t.phone_id, token: t.token.clone(), outcome: failed };
-        s.record_outcomes(&format!("r{}", at.get()), &[row]).unwrap();
+        s.record_outcomes(&format!("r{}", at.get()), &[row(&again, 0, failed)]).unwrap();
         let after_problem = ring(&mut s);
         assert!(Arc::ptr_eq(&first.targets, &after_problem.targets));
 
@@ -726,10 +729,7 @@ mod tests {
         let failed = Outcome::Failed { reason: Reason::BadTopic, status: 400 };
         let batch: Vec<OutcomeRow> = [(0, Outcome::Delivered), (1, Outcome::Delivered), (3, failed)]
             .into_iter()
-            .map(|(i, outcome)| {
-                let p = &job.phones.targets[i];
-                OutcomeRow { seq: i as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
-            })
+            .map(|(i, outcome)| row(&job.phones, i, outcome))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
         s.remove_phone(&job.phones.targets[5].token.hex()).unwrap();
@@ -758,11 +758,7 @@ mod tests {
         // Answers arrive out of order; seq 2 fails in the middle of a run of deliveries.
         let batch: Vec<OutcomeRow> = [5, 2, 0, 4, 1]
             .iter()
-            .map(|&i| {
-                let p = &job.phones.targets[i];
-                let outcome = if i == 2 { failed.clone() } else { Outcome::Delivered };
-                OutcomeRow { seq: i as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
-            })
+            .map(|&i| row(&job.phones, i, if i == 2 { failed.clone() } else { Outcome::Delivered }))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
         let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
@@ -774,9 +770,7 @@ mod tests {
         let runs: i64 = s.conn.query_row("SELECT COUNT(*) FROM ring_runs", [], |r| r.get(0)).unwrap();
         assert_eq!(runs, 2);
         // A later delivery clears the phone's problem.
-        let p = &job.phones.targets[3];
-        let row = OutcomeRow { seq: 3, phone_id: p.phone_id, token: p.token.clone(), outcome: Outcome::Delivered };
-        s.record_outcomes("r1", &[row]).unwrap();
+        s.record_outcomes("r1", &[row(&job.phones, 3, Outcome::Delivered)]).unwrap();
         let sum = s.finish_ring("r1").unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending, sum.expired), (6, 5, 1, 0, 0));
     }
@@ -793,19 +787,7 @@ mod tests {
             // Apple's timestamp before the phone registered again: kept.
             Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) },
         ];
-        let batch: Vec<OutcomeRow> = job
-            .phones
-            .targets
-            .iter()
-            .zip(outcomes)
-            .enumerate()
-            .map(|(i, (p, outcome))| OutcomeRow {
-                seq: i as i64,
-                phone_id: p.phone_id,
-                token: p.token.clone(),
-                outcome,
-            })
-            .collect();
+        let batch: Vec<OutcomeRow> = outcomes.into_iter().enumerate().map(|(i, o)| row(&job.phones, i, o)).collect();
         assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
         let sum = s.finish_ring("r1").unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.pruned, sum.failed), (3, 1, 1, 1));

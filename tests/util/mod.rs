@@ -354,6 +354,15 @@ impl Observer {
 }
 
 /// A deterministic 32-byte token for test phone `n`.
+/// A production phone with id `n` and [`token`]`(n)`, as the transports take it.
+pub fn target(n: u32) -> dingdong::apns::Target {
+    dingdong::apns::Target {
+        phone_id: n as i64,
+        token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
+        environment: dingdong::apns::Environment::Production,
+    }
+}
+
 pub fn token(n: u32) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("test-phone-{n}").as_bytes()))
 }
