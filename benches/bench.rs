@@ -182,7 +182,7 @@ impl H2load {
     /// None when h2load is not installed.
     fn new(dir: &Path, sim_addr: &str, creds: &serde_json::Value, tokens: &[String]) -> Option<H2load> {
         Command::new("h2load").arg("--version").output().ok()?;
-        let minter = dingdong::apns::auth::JwtMinter::from_p8_file(
+        let minter = dingdong::net::apns::auth::JwtMinter::from_p8_file(
             Path::new(creds["key_file"].as_str().unwrap()),
             creds["key_id"].as_str().unwrap(),
             creds["team_id"].as_str().unwrap(),
@@ -191,14 +191,14 @@ impl H2load {
         let payload = dir.join("payload.json");
         std::fs::write(
             &payload,
-            dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
+            dingdong::codec::apns_payload::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
         )
         .unwrap();
         let uris = dir.join("uris.txt");
         let list: String = tokens.iter().map(|t| format!("https://{sim_addr}/3/device/{t}\n")).collect();
         std::fs::write(&uris, list).unwrap();
         // The ring's expiry, as dingdong sends it: five minutes from now, in UNIX seconds.
-        let expiration = dingdong::now_ms() / 1000 + 300;
+        let expiration = dingdong::domain::now_ms() / 1000 + 300;
         let common = format!(
             " -H 'authorization: {}' -H 'apns-topic: {TOPIC}' -H 'apns-push-type: alert' -H 'apns-priority: 10'",
             minter.bearer()
@@ -369,7 +369,7 @@ async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
         let sim_cpu0 = cpu_seconds(sim.id());
         let (io0, sim_io0) = (syscalls(daemon.id()), syscalls(sim.id()));
         let t = Instant::now();
-        obs.press("building", dingdong::now_ms()).await;
+        obs.press("building", dingdong::domain::now_ms()).await;
         let outcome = obs.ring_outcome().await;
         let wall = t.elapsed().as_secs_f64();
         let cpu = cpu_seconds(daemon.id()) - cpu0;
@@ -480,16 +480,16 @@ async fn latency(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let (mut first, mut all, mut last_req) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_at = 0;
     for _ in 0..PRESSES {
-        let mut at = dingdong::now_ms();
+        let mut at = dingdong::domain::now_ms();
         while at <= last_at {
             tokio::task::yield_now().await;
-            at = dingdong::now_ms();
+            at = dingdong::domain::now_ms();
         }
         last_at = at;
-        let t0 = dingdong::now_us();
+        let t0 = dingdong::domain::now_us();
         obs.press("home", at).await;
         let outcome = obs.ring_outcome().await;
-        let t_all = dingdong::now_us();
+        let t_all = dingdong::domain::now_us();
         assert_eq!(outcome["delivered"].as_u64(), Some(HOUSEHOLD as u64), "{outcome}");
         let received = sim.state.take_received();
         let arrivals: Vec<i64> = received.iter().map(|r| r.at_us).collect();
@@ -558,7 +558,7 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let perf = start_perf(daemon.id(), ".legacy");
     let cpu0 = cpu_seconds(daemon.id());
     let wrote0 = io_field(daemon.id(), "wchar:");
-    obs.press("building", dingdong::now_ms()).await;
+    obs.press("building", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     let cpu = cpu_seconds(daemon.id()) - cpu0;
     stop_perf(perf);
@@ -568,7 +568,10 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(1.0);
     // What was written includes what the gateway dropped unread after each invalid token
     // and was written again on the next connection.
-    let frame = 45 + dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap().len();
+    let frame = 45
+        + dingdong::codec::apns_payload::ring_payload("building", "building", "0123456789abcdef", "default")
+            .unwrap()
+            .len();
     println!(
         "legacy fan-out: first answer {:.0} ms, all answered {all_ms:.0} ms, dingdong {cpu:.2} s CPU, wrote {:.2} frames' worth per notification",
         outcome["latency_ms"]["first"].as_f64().unwrap_or(0.0),

@@ -3,12 +3,12 @@ use clap::Parser;
 
 fn main() {
     fixed_mmap_threshold();
-    let _ = dingdong::util::RELEASE_FREE_MEMORY.set(release_free_memory);
-    let cli = dingdong::cli::Cli::parse();
+    let _ = dingdong::domain::mem::RELEASE_FREE_MEMORY.set(release_free_memory);
+    let cli = dingdong::app::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,h2=warn,rustls=warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    if let Err(e) = dingdong::cli::dispatch(cli) {
+    if let Err(e) = dingdong::app::cli::dispatch(cli) {
         eprintln!("error: {}", e.message);
         std::process::exit(e.code);
     }

@@ -178,7 +178,7 @@ impl Store {
             Ok(FailingPhone {
                 phone_id: r.get(0)?,
                 user: r.get(1)?,
-                token: crate::util::short_token(&token).to_string(),
+                token: crate::domain::short_token(&token).to_string(),
                 environment: r.get(3)?,
                 last_outcome: r.get(4)?,
                 at: r.get(5)?,

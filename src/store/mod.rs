@@ -14,7 +14,7 @@ pub mod schema;
 
 pub use handle::StoreHandle;
 
-use crate::apns::{normalize_token, Environment, TokenError};
+use crate::domain::{normalize_token, Environment, TokenError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -122,8 +122,10 @@ impl Store {
     // ---- users ----
 
     pub fn add_user(&mut self, name: &str) -> Result<i64> {
-        crate::util::check_id("user", name).map_err(StoreError::Invalid)?;
-        match self.conn.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, crate::now_ms()])
+        crate::domain::check_id("user", name).map_err(StoreError::Invalid)?;
+        match self
+            .conn
+            .execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, crate::domain::now_ms()])
         {
             Ok(_) => Ok(self.conn.last_insert_rowid()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Exists { kind: "user", id: name.into() }),
@@ -168,7 +170,7 @@ impl Store {
     // ---- doorbells ----
 
     pub fn add_doorbell(&mut self, id: &str, name: Option<&str>, owner: &str) -> Result<()> {
-        crate::util::check_id("doorbell", id).map_err(StoreError::Invalid)?;
+        crate::domain::check_id("doorbell", id).map_err(StoreError::Invalid)?;
         let name = name.unwrap_or(id);
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(StoreError::Invalid("doorbell name must be 1 to 100 printable characters".into()));
@@ -176,7 +178,7 @@ impl Store {
         let owner_id = self.user_id(owner)?;
         match self.conn.execute(
             "INSERT INTO doorbells (id, name, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, owner_id, crate::now_ms()],
+            params![id, name, owner_id, crate::domain::now_ms()],
         ) {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Exists { kind: "doorbell", id: id.into() }),
@@ -299,7 +301,7 @@ impl Store {
         let token = normalize_token(raw_token)?;
         let uid = self.user_id(user)?;
         let tx = self.conn.transaction()?;
-        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::now_ms())?;
+        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
         tx.commit()?;
         Ok(r)
     }
@@ -331,7 +333,7 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound {
                 kind: "phone with token",
-                id: crate::util::short_token(&token).to_string() + "…",
+                id: crate::domain::short_token(&token).to_string() + "…",
             });
         }
         Ok(n)

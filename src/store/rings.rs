@@ -3,7 +3,7 @@
 //! in batches; pruning honours re-registration.
 
 use super::{Result, Store};
-use crate::apns::{Environment, Outcome, Target, Token};
+use crate::domain::{Environment, Outcome, Target, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::sync::Arc;
@@ -292,7 +292,7 @@ impl Store {
     /// after Apple's timestamp. A phone's `last_outcome` (its last problem) is written only
     /// when it changes.
     pub fn record_outcomes(&mut self, ring_id: &str, batch: &[OutcomeRow]) -> Result<Recorded> {
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let mut rec = Recorded::default();
         let mut delivered: Vec<(i64, i64)> =
             batch.iter().filter(|r| r.outcome == Outcome::Delivered).map(|r| (r.seq, r.phone_id)).collect();
@@ -398,7 +398,7 @@ impl Store {
     /// Records every phone of `ring_id` still pending as `expired` and closes the ring in
     /// `state`. The ring's phone count becomes what was settled plus what expired.
     fn close_ring(&mut self, ring_id: &str, state: &str) -> Result<RingSummary> {
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let (doorbell, phones): (String, i64) =
             self.conn.query_row("SELECT doorbell_id, phones FROM rings WHERE id = ?1", [ring_id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -475,7 +475,7 @@ impl Store {
         let mut lines = self.ring_states(ring_id)?;
         lines.truncate(limit);
         for l in &mut lines {
-            l.token = crate::util::short_token(&l.token).to_string();
+            l.token = crate::domain::short_token(&l.token).to_string();
         }
         Ok(lines)
     }
@@ -602,7 +602,7 @@ impl KeptRecipients {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apns::Reason;
+    use crate::domain::Reason;
 
     fn setup() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -779,7 +779,7 @@ mod tests {
     fn outcomes_prune_unless_re_registered() {
         let (_d, mut s) = setup();
         let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let outcomes = [
             Outcome::Delivered,
             // Apple's timestamp after registration: pruned.

@@ -3,7 +3,7 @@
 //! process, and an MQTT observer. No fixed ports; readiness is awaited, never slept for.
 #![allow(dead_code)]
 
-use dingdong::apns::sim::{CertOptions, Faults, Sim, SimOptions};
+use dingdong::app::sim::{CertOptions, Faults, Sim, SimOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -277,7 +277,7 @@ impl Observer {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(o, 1024);
-        dingdong::mqtt::client::no_delay(&mut eventloop);
+        dingdong::net::mqtt::no_delay(&mut eventloop);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, mut subscribed) = mpsc::unbounded_channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
@@ -355,11 +355,11 @@ impl Observer {
 
 /// A deterministic 32-byte token for test phone `n`.
 /// A production phone with id `n` and [`token`]`(n)`, as the transports take it.
-pub fn target(n: u32) -> dingdong::apns::Target {
-    dingdong::apns::Target {
+pub fn target(n: u32) -> dingdong::domain::Target {
+    dingdong::domain::Target {
         phone_id: n as i64,
-        token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
-        environment: dingdong::apns::Environment::Production,
+        token: dingdong::domain::Token::from_hex(&token(n)).unwrap(),
+        environment: dingdong::domain::Environment::Production,
     }
 }
 

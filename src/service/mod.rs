@@ -1,0 +1,7 @@
+//! The business rules, as tasks: the ringer (press -> ring), the outbox (delivery), pairing.
+//! They talk to the store and the transports, never to TOML.
+
+pub mod feedback;
+pub mod outbox;
+pub mod pairing;
+pub mod ringer;
