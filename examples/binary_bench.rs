@@ -96,6 +96,7 @@ async fn main() {
             doorbell_name: "Front door",
             pressed_at: now,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 600_000,
             debounce_ms: 3_000,
         })

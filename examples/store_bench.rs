@@ -36,6 +36,7 @@ fn main() {
             doorbell_name: "building",
             pressed_at: now,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
         };

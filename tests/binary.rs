@@ -92,6 +92,7 @@ async fn ring(db: &Path, transport: Transport) -> dingdong::service::outbox::Rin
                 doorbell_name: "Front door",
                 pressed_at: now,
                 received_at: now,
+                recorded_at: now,
                 expiry_ms: 600_000,
                 debounce_ms: 3_000,
             })

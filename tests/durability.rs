@@ -179,6 +179,7 @@ async fn an_expired_ring_is_never_sent() {
             doorbell_name: "front",
             pressed_at: old,
             received_at: old + 10,
+            recorded_at: old + 10,
             expiry_ms: 300_000,
             debounce_ms: 2_000,
         };

@@ -443,9 +443,8 @@ pub async fn ring(cli: &Cli, id: &str) -> Result<(), CliError> {
     let url = if cfg.mqtt.url == "embedded" { "mqtt://127.0.0.1:1883".to_string() } else { cfg.mqtt.url.clone() };
     let mut c2 = cfg.clone();
     c2.mqtt.url = url;
-    c2.mqtt.client_id = format!("dingdong-ring-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut settings = crate::app::settings::mqtt(&c2, vec![]).map_err(CliError::input)?;
-    settings.persistent = false;
+    let client_id = format!("dingdong-ring-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let settings = crate::app::settings::mqtt_tool(&c2, client_id).map_err(CliError::input)?;
     let at = crate::domain::now_ms();
     let topic = format!("{}/button/{id}/press", cfg.mqtt.topic_prefix);
     crate::net::mqtt::publish_once(settings, topic, serde_json::json!({ "at": at }).to_string().into_bytes())
@@ -461,15 +460,17 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Run => {
             // daemon::run checks the key files before opening anything (exit 2 below).
             let cfg = load(&cli.config_path())?;
+            if let (Some(spec), Some(set)) = (&cfg.log.filter, crate::app::daemon::LOG_FILTER.get()) {
+                set(spec).map_err(|e| CliError::input(format!("config {}: key `log.filter`: {e}", cfg.file.display())))?;
+            }
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
-                tokio::spawn(stop_on_signal(stop.clone()));
-                crate::app::daemon::run(cfg, stop, None).await
-            })
-            .map_err(|e| match e {
-                crate::app::daemon::DaemonError::Config(e) => CliError::input(e),
-                e => CliError::failed(e),
+                let reload = daemon_signals(stop.clone()).map_err(CliError::failed)?;
+                let control = crate::app::daemon::Control { stop, reload: Some(reload), ..Default::default() };
+                crate::app::daemon::run(cfg, control)
+                    .await
+                    .map_err(|e| if e.is_input() { CliError::input(e) } else { CliError::failed(e) })
             })
         }
         Command::Demo => {
@@ -507,6 +508,29 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         _ => admin(&cli),
     }
+}
+
+/// The daemon's signals, registered before anything else runs: SIGTERM and SIGINT cancel
+/// `stop`; each SIGHUP is a message on the returned channel (a reload).
+pub fn daemon_signals(
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) =
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                // A burst of SIGHUPs is one reload: a full queue drops the extra ones.
+                _ = hup.recv() => { let _ = tx.try_send(()); }
+            }
+        }
+        stop.cancel();
+    });
+    Ok(rx)
 }
 
 /// Cancels `stop` at SIGTERM or SIGINT.

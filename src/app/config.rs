@@ -51,6 +51,8 @@ pub struct Config {
     pub homeassistant: HomeAssistant,
     #[serde(default)]
     pub pairing: Pairing,
+    #[serde(default)]
+    pub log: Log,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -81,6 +83,29 @@ pub struct Mqtt {
     /// MQTT keep-alive; a dead broker is noticed within about 1.5 times this.
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Span,
+    /// `auto` (MQTT 5, else 3.1.1), `5` or `3.1.1`.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "5")]
+    V5,
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter (`info`, `warn,dingdong=debug`); replaces `RUST_LOG` when set, and
+    /// applies on reload.
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -271,7 +296,7 @@ fn default_sound() -> String {
 impl Config {
     /// Reads, parses and validates the file; nothing else is opened.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::domain::files::read_small_text(path)
             .map_err(|e| ConfigError::Read { file: path.display().to_string(), reason: e.to_string() })?;
         Self::parse(&text, path)
     }
@@ -484,6 +509,15 @@ impl Config {
         if let Err(e) = crate::domain::check_id("user", &self.pairing.button_user) {
             return Err(self.err("pairing.button_user", e, "use letters, digits, '-', '_' or '.'"));
         }
+        if let Some(f) = &self.log.filter {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+                return Err(self.err(
+                    "log.filter",
+                    format!("'{f}' is not a log filter ({e})"),
+                    "write a level (\"info\") or a list like \"warn,dingdong=debug\"",
+                ));
+            }
+        }
         if self.ring.debounce.0 >= self.ring.expiry.0 {
             return Err(self.err("ring.debounce", "must be shorter than ring.expiry", "use a few seconds: \"3s\""));
         }
@@ -529,11 +563,61 @@ impl Config {
             }
         }
         for (key, path, fix) in files {
-            if let Err(e) = std::fs::File::open(path) {
+            if let Err(e) = crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE) {
                 return Err(self.err(key, format!("cannot read {}: {e}", path.display()), fix));
             }
         }
         Ok(())
+    }
+
+    /// The files that hold secrets: they should be readable by the service and root only.
+    pub fn secret_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut v = Vec::new();
+        if let Some(p) = &self.mqtt.password_file {
+            v.push(("mqtt.password_file", p.clone()));
+        }
+        if let Some(t) = &self.apns.token {
+            v.push(("apns.token.key_file", t.key_file.clone()));
+        }
+        if let Some(c) = &self.apns.certificate {
+            for (k, p) in [
+                ("apns.certificate.file", &c.file),
+                ("apns.certificate.password_file", &c.password_file),
+                ("apns.certificate.key_file", &c.key_file),
+            ] {
+                if let Some(p) = p {
+                    v.push((k, p.clone()));
+                }
+            }
+        }
+        v
+    }
+
+    /// The tables and keys that differ from `new` and that a running daemon cannot change:
+    /// they need a restart.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&self.gateway, &new.gateway) {
+            v.push("[gateway]");
+        }
+        let mut mqtt = new.mqtt.clone();
+        if self.mqtt.url.starts_with("mqtt://127.0.0.1") && new.mqtt.url == "embedded" {
+            mqtt.url = self.mqtt.url.clone();
+        }
+        if differs(&self.mqtt, &mqtt) {
+            v.push("[mqtt]");
+        }
+        if differs(&self.homeassistant, &new.homeassistant) {
+            v.push("[homeassistant]");
+        }
+        if differs(&self.pairing, &new.pairing) {
+            v.push("[pairing]");
+        }
+        if self.apns.transport != new.apns.transport {
+            v.push("apns.transport");
+        }
+        v
     }
 }
 

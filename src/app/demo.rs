@@ -133,7 +133,8 @@ async fn tour(dir: &Path, started: Instant) -> Result<(), String> {
 
     let stop = CancellationToken::new();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let daemon = tokio::spawn(crate::app::daemon::run(cfg.clone(), stop.clone(), Some(ready_tx)));
+    let control = crate::app::daemon::Control { stop: stop.clone(), ready: Some(ready_tx), ..Default::default() };
+    let daemon = tokio::spawn(crate::app::daemon::run(cfg.clone(), control));
     tokio::time::timeout(Duration::from_secs(5), ready)
         .await
         .map_err(|_| "the daemon did not become ready in 5s".to_string())?

@@ -411,18 +411,17 @@ async fn broker(cfg: &Config, checks: &mut Vec<Check>) {
         checks.push(Check::ok("broker", "embedded broker: runs inside the daemon"));
         return;
     }
-    let mut c = cfg.clone();
-    c.mqtt.client_id = format!("dingdong-diag-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut settings = match crate::app::settings::mqtt(&c, vec![]) {
+    let client_id = format!("dingdong-diag-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let settings = match crate::app::settings::mqtt_tool(cfg, client_id.clone()) {
         Ok(s) => s,
         Err(e) => {
             checks.push(Check::fail("broker", e.to_string(), "broker settings unusable", "fix [mqtt] in the config"));
             return;
         }
     };
-    settings.persistent = false;
-    settings.announce = false;
-    match crate::net::mqtt::round_trip(settings, Duration::from_secs(5)).await {
+    let probe = format!("{}/diag/{client_id}", cfg.mqtt.topic_prefix);
+    let status = format!("{}/status", cfg.mqtt.topic_prefix);
+    match crate::net::mqtt::round_trip(settings, probe, status, Duration::from_secs(5)).await {
         Ok(rt) => {
             checks.push(Check::ok(
                 "broker",

@@ -7,5 +7,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod diag;
+pub mod instance;
 pub mod settings;
 pub mod sim;

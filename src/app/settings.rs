@@ -3,13 +3,15 @@
 //! Validation lives in `config` (what the user wrote); resolving lives here (what the program
 //! needs), as ripgrep's low and high arguments do.
 
-use super::config::{parse_host_port, parse_https_endpoint, BinaryFormat, CertificateAuth, Config, Transport};
+use super::config::{
+    parse_host_port, parse_https_endpoint, BinaryFormat, CertificateAuth, Config, MqttProtocol, Transport,
+};
 use crate::codec::apns_binary::frames::Format;
 use crate::net::apns::auth::{AuthError, ClientIdentity, JwtMinter};
 use crate::net::apns::binary::feedback::FeedbackClient;
 use crate::net::apns::binary::{BinaryError, BinarySender, BinarySettings};
 use crate::net::apns::http2::{Credentials, Http2Client, Http2Error, Http2Settings};
-use crate::net::mqtt::{MqttError, MqttSettings};
+use crate::net::mqtt::{MqttError, MqttSettings, Protocol, Subscription};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,14 +112,15 @@ pub fn feedback_client(cfg: &Config) -> Result<FeedbackClient, SettingsError> {
     Ok(FeedbackClient::new(&identity, cfg.apns.ca_file.as_deref(), addr)?)
 }
 
-/// The MQTT client settings of `[mqtt]`, subscribing to `subscriptions`.
-pub fn mqtt(cfg: &Config, subscriptions: Vec<String>) -> Result<MqttSettings, MqttError> {
+/// The MQTT client settings of `[mqtt]`, subscribing to `subscriptions`, with a persistent
+/// session and the retained offline status as last will (the daemon's client).
+pub fn mqtt(cfg: &Config, subscriptions: Vec<Subscription>) -> Result<MqttSettings, MqttError> {
     let m = &cfg.mqtt;
     let (tls, host, port) = super::config::parse_mqtt_url(&m.url).ok_or_else(|| MqttError::Url(m.url.clone()))?;
     let tls = if tls { Some(crate::net::tls::client_config(m.ca_file.as_deref(), None, &[])?) } else { None };
     let credentials = match (&m.username, &m.password_file) {
         (Some(u), Some(p)) => {
-            let pw = std::fs::read_to_string(p)
+            let pw = crate::domain::files::read_small_text(p)
                 .map_err(|e| MqttError::File { path: p.display().to_string(), reason: e.to_string() })?;
             Some((u.clone(), pw.trim_end_matches(['\r', '\n']).to_string()))
         }
@@ -129,12 +132,31 @@ pub fn mqtt(cfg: &Config, subscriptions: Vec<String>) -> Result<MqttSettings, Mq
         port,
         tls,
         client_id: m.client_id.clone(),
-        prefix: m.topic_prefix.clone(),
-        gateway: cfg.gateway.id.clone(),
         credentials,
         keep_alive: m.keep_alive.0,
         subscriptions,
         persistent: true,
-        announce: true,
+        will: Some((
+            format!("{}/status", m.topic_prefix),
+            crate::service::publisher::Publisher::offline_status(&cfg.gateway.id).into_bytes(),
+        )),
+        protocol: match m.protocol {
+            MqttProtocol::Auto => Protocol::Auto,
+            MqttProtocol::V5 => Protocol::V5,
+            MqttProtocol::V311 => Protocol::V311,
+        },
+        request_capacity: 256,
+        inbox_capacity: 256,
     })
+}
+
+/// Settings for a short-lived tool client (`dingdong ring`, diag): its own client id, a clean
+/// session, no will, no subscriptions.
+pub fn mqtt_tool(cfg: &Config, client_id: String) -> Result<MqttSettings, MqttError> {
+    let mut s = mqtt(cfg, Vec::new())?;
+    s.client_id = client_id;
+    s.persistent = false;
+    s.will = None;
+    s.request_capacity = 8;
+    Ok(s)
 }

@@ -1,6 +1,7 @@
 //! The vocabulary every layer speaks: device tokens and environments, the message of a ring
 //! and each phone's outcome, button presses, ids, the clock. Imports nothing of ours.
 
+pub mod files;
 pub mod ids;
 pub mod mem;
 pub mod outcome;

@@ -2,6 +2,8 @@
 //! They talk to the store and the transports, never to TOML.
 
 pub mod feedback;
+pub mod intake;
 pub mod outbox;
 pub mod pairing;
+pub mod publisher;
 pub mod ringer;

@@ -10,13 +10,13 @@ use crate::codec::apns_payload::ring_payload;
 use crate::domain::{Message, Outcome, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
-use crate::net::mqtt::MqttHandle;
+use crate::service::publisher::Publisher;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,16 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const TRIM_AFTER: usize = 10_000;
 /// Rings with more phones than this publish counts only, not one line per phone.
 const DETAIL_LIMIT: usize = 100;
+/// First and longest wait before writing to a store that refused a write (busy, full).
+const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What one delivery's rounds share: the transport and retry policy it started with.
+struct Round<'a> {
+    transport: &'a Transport,
+    retry: RetryPolicy,
+    stop: &'a CancellationToken,
+}
 
 /// The phones of a ring that share an app topic: their targets and places in the job.
 type TopicGroup = (Option<String>, Arc<Vec<Target>>, Vec<i64>);
@@ -119,24 +129,38 @@ pub struct Latency {
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
-    transport: Transport,
-    mqtt: Option<MqttHandle>,
-    settings: OutboxSettings,
+    /// The transport and settings of new deliveries; a reload swaps them, and a delivery
+    /// under way keeps the ones it started with.
+    current: Arc<RwLock<(Transport, OutboxSettings)>>,
+    /// Where ring outcomes are published (none in tools and some tests).
+    publisher: Option<Publisher>,
 }
 
 impl Outbox {
-    pub fn new(store: StoreHandle, transport: Transport, mqtt: Option<MqttHandle>, settings: OutboxSettings) -> Outbox {
-        Outbox { store, transport, mqtt, settings }
+    pub fn new(
+        store: StoreHandle,
+        transport: Transport,
+        publisher: Option<Publisher>,
+        settings: OutboxSettings,
+    ) -> Outbox {
+        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher }
     }
 
-    pub fn transport(&self) -> &Transport {
-        &self.transport
+    /// The transport new deliveries use.
+    pub fn transport(&self) -> Transport {
+        self.current.read().expect("outbox lock").0.clone()
+    }
+
+    /// Replaces the transport and settings for deliveries started from now on (a reload).
+    pub fn replace(&self, transport: Transport, settings: OutboxSettings) {
+        *self.current.write().expect("outbox lock") = (transport, settings);
     }
 
     /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
     /// (then the unanswered phones stay pending in the database for the next start).
     pub async fn deliver(&self, mut job: RingJob, stop: CancellationToken) -> Option<RingReport> {
-        let payload = match ring_payload(&job.doorbell_id, &job.doorbell_name, &job.ring_id, &self.settings.sound) {
+        let (transport, settings) = self.current.read().expect("outbox lock").clone();
+        let payload = match ring_payload(&job.doorbell_id, &job.doorbell_name, &job.ring_id, &settings.sound) {
             Ok(p) => p,
             Err(e) => {
                 warn!(ring = %job.ring_id, error = %e, "payload too large: ring not sent");
@@ -162,24 +186,23 @@ impl Outbox {
         let mut latency = Latency::default();
         for (topic, targets, seqs) in groups {
             let msg = Arc::new(Message {
-                topic: topic.map(Arc::from).unwrap_or_else(|| self.settings.topic.clone()),
+                topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
                 payload: payload.clone(),
                 expiration: (job.expires_at / 1000).max(0) as u64,
                 collapse_id: job.doorbell_id.as_str().into(),
                 priority: 10,
             });
-            if !self.send_until_settled(&job, msg, targets, seqs, &stop, &mut latency).await {
+            let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
+            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency).await {
                 return None; // stopping: the rest stays pending
             }
         }
         let ring = job.ring_id.clone();
-        let summary = match self.store.run(move |s| s.finish_ring(&ring)).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(ring = %job.ring_id, error = %e, "cannot close the ring");
-                return None;
-            }
-        };
+        let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
+            let ring = ring.clone();
+            move |s: &mut crate::store::Store| s.finish_ring(&ring)
+        });
+        let summary = summary.await?;
         let results = if summary.phones as usize <= DETAIL_LIMIT {
             let ring = job.ring_id.clone();
             self.store.run(move |s| s.ring_phones(&ring, DETAIL_LIMIT)).await.ok()
@@ -192,7 +215,7 @@ impl Outbox {
             failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
             first_ms = latency.first, all_ms = latency.all, "ring done"
         );
-        self.publish(&report).await;
+        self.publish(&report);
         if report.summary.phones as usize >= TRIM_AFTER {
             crate::domain::mem::release_free_memory();
         }
@@ -203,18 +226,40 @@ impl Outbox {
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }).await,
+            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }),
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }
 
     /// Publishes a ring's outcome on `P/ring/<id>`.
-    pub async fn publish(&self, report: &RingReport) {
-        if let Some(mqtt) = &self.mqtt {
+    pub fn publish(&self, report: &RingReport) {
+        if let Some(p) = &self.publisher {
             let json = serde_json::to_string(report).unwrap_or_default();
-            if let Err(e) = mqtt.publish(&format!("ring/{}", report.summary.ring_id), json, false).await {
-                warn!(ring = %report.summary.ring_id, error = %e, "cannot publish the ring outcome");
+            p.event(p.topic(&format!("ring/{}", report.summary.ring_id)), json);
+        }
+    }
+
+    /// Runs a store write until it succeeds: a busy, locked or full database delays the
+    /// ring's record, it does not lose it. `None` only when stopping (the ring then stays
+    /// pending in the database for the next start).
+    async fn persist<T, F, G>(&self, ring: &str, what: &str, stop: &CancellationToken, make: G) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut crate::store::Store) -> crate::store::Result<T> + Send + 'static,
+        G: Fn() -> F,
+    {
+        let mut wait = STORE_RETRY_MIN;
+        loop {
+            match self.store.run(make()).await {
+                Ok(v) => return Some(v),
+                Err(e) => warn!(ring = %ring, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what}: retrying"),
             }
+            tokio::select! {
+                // cancel-safe: only a timer
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return None,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
         }
     }
 
@@ -225,9 +270,10 @@ impl Outbox {
         msg: Arc<Message>,
         mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
-        stop: &CancellationToken,
+        round: &Round<'_>,
         latency: &mut Latency,
     ) -> bool {
+        let stop = round.stop;
         let mut attempt = 0u32;
         // The expiry on the runtime's clock, so waits and the deadline agree (and tests can
         // pause time).
@@ -240,7 +286,7 @@ impl Outbox {
             let targets = pending;
             let job_seqs = std::mem::take(&mut seqs);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let send = self.transport.send(msg.clone(), targets.clone(), tx, stop);
+            let send = round.transport.send(msg.clone(), targets.clone(), tx, stop);
             let record = async {
                 let mut retry = Vec::new();
                 let mut hint = None;
@@ -285,14 +331,25 @@ impl Outbox {
                             }
                         },
                         // cancel-safe: a missed tick only delays a flush
-                        _ = tick.tick() => self.flush(&job.ring_id, &mut batch).await,
+                        _ = tick.tick() => {
+                            self.flush(&job.ring_id, &mut batch).await;
+                        }
                     }
                 }
                 // The channel closes as the last answer is handed over: that moment is "all".
                 if answered {
                     latency.all = Some(crate::domain::now_ms() - job.received_at);
                 }
-                self.flush(&job.ring_id, &mut batch).await;
+                // What could not be written yet is written now, however long the store needs.
+                let mut wait = STORE_RETRY_MIN;
+                while !self.flush(&job.ring_id, &mut batch).await {
+                    tokio::select! {
+                        // cancel-safe: only a timer
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                }
                 let unheard: Vec<usize> = heard.iter().enumerate().filter(|(_, h)| !**h).map(|(i, _)| i).collect();
                 if !unheard.is_empty() {
                     warn!(ring = %job.ring_id, phones = unheard.len(), "the transport gave no outcome for some phones: retrying them");
@@ -316,7 +373,7 @@ impl Outbox {
             attempt = if progressed { 1 } else { attempt + 1 };
             let jitter = rand::thread_rng().gen::<f64>();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(wait) = self.settings.retry.delay(attempt, remaining, jitter, hint) else {
+            let Some(wait) = round.retry.delay(attempt, remaining, jitter, hint) else {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
                 break; // finish_ring marks them expired
             };
@@ -329,19 +386,26 @@ impl Outbox {
         true
     }
 
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) {
+    /// Writes `batch`; false if the store refused it (then `batch` keeps it for the next try).
+    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
-        let items = std::mem::take(batch);
+        let items = Arc::new(std::mem::take(batch));
         let ring = ring_id.to_string();
         let n = items.len();
-        match self.store.run(move |s| s.record_outcomes(&ring, &items)).await {
+        let shared = items.clone();
+        match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
             Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled")
+                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                true
             }
-            Ok(_) => {}
-            Err(e) => warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes"),
+            Ok(_) => true,
+            Err(e) => {
+                warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
+                *batch = Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone());
+                false
+            }
         }
     }
 }
@@ -371,6 +435,7 @@ mod tests {
             doorbell_name: "front",
             pressed_at: now,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
         };

@@ -23,6 +23,14 @@ pub struct IntakeStats {
     pub expired: AtomicU64,
     pub unknown_buttons: AtomicU64,
     pub malformed: AtomicU64,
+    /// Messages above `net::mqtt::MAX_MESSAGE`: acknowledged and refused.
+    pub oversize: AtomicU64,
+    /// Presses flagged retained (sent again because we subscribed): acknowledged, not rung.
+    pub retained: AtomicU64,
+    /// Presses the store could not record at once: kept and retried.
+    pub kept: AtomicU64,
+    /// Failed attempts to record a kept press.
+    pub store_faults: AtomicU64,
 }
 
 /// A ring id that is the same every time the same press is delivered: derived from the
@@ -48,21 +56,35 @@ pub enum PressResult {
     UnknownButton,
 }
 
+/// How long a ring lives and which presses fold into one (`[ring]`); a reload changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingRules {
+    pub expiry: Duration,
+    pub debounce: Duration,
+}
+
 pub struct Ringer {
     store: StoreHandle,
-    expiry: Duration,
-    debounce: Duration,
+    rules: std::sync::RwLock<RingRules>,
     pub stats: Arc<IntakeStats>,
 }
 
 impl Ringer {
     pub fn new(store: StoreHandle, expiry: Duration, debounce: Duration, stats: Arc<IntakeStats>) -> Ringer {
-        Ringer { store, expiry, debounce, stats }
+        Ringer { store, rules: std::sync::RwLock::new(RingRules { expiry, debounce }), stats }
+    }
+
+    /// Applies new rules to the presses that come from now on.
+    pub fn set_rules(&self, rules: RingRules) {
+        *self.rules.write().expect("rules lock") = rules;
+    }
+
+    pub fn rules(&self) -> RingRules {
+        *self.rules.read().expect("rules lock")
     }
 
     /// Turns a press into a ring, durably, before the press is acknowledged.
     pub async fn press(&self, press: ButtonPress, topic: &str, received_at: i64) -> Result<PressResult, StoreError> {
-        self.stats.presses.fetch_add(1, Ordering::Relaxed);
         let (source, key) = (press.source.as_str(), press.key.clone());
         let found = self.store.run(move |s| s.resolve_button(source, &key)).await?;
         let (doorbell_id, doorbell_name) = match found {
@@ -83,7 +105,10 @@ impl Ringer {
             }
         };
         let id = ring_id(&doorbell_id, press.at);
-        let (expiry_ms, debounce_ms) = (self.expiry.as_millis() as i64, self.debounce.as_millis() as i64);
+        let rules = self.rules();
+        let (expiry_ms, debounce_ms) = (rules.expiry.as_millis() as i64, rules.debounce.as_millis() as i64);
+        // A press kept while the store was failing is judged against the time it is recorded.
+        let recorded_at = crate::domain::now_ms().max(received_at);
         // A bridge clock ahead of ours must not stretch the ring's life.
         let pressed_at = press.at.map_or(received_at, |at| at.min(received_at));
         let start = {
@@ -96,6 +121,7 @@ impl Ringer {
                         doorbell_name: &doorbell_name,
                         pressed_at,
                         received_at,
+                        recorded_at,
                         expiry_ms,
                         debounce_ms,
                     })

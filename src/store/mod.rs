@@ -6,6 +6,7 @@
 
 pub mod feedback;
 pub mod fieldkit;
+pub mod files;
 pub mod handle;
 pub mod import;
 pub mod pairing;
@@ -93,13 +94,38 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
             }
         }
+        files::prepare(path).map_err(|e| fail(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => fail(format!(
+                "not an SQLite database (corrupt or overwritten); fix: restore a backup over it, or move it away to start empty"
+            )),
+            e => fail(e.to_string()),
+        })?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
+        // SQLite creates -wal and -shm with the database's mode and, as root, its owner: fix
+        // them too in case an older version or a hand made them.
+        files::prepare_side_files(path);
         Ok(Store { conn, recipients: Default::default() })
+    }
+
+    /// SQLite's quick integrity check: the daemon refuses to run on a damaged database.
+    pub fn check_integrity(&self) -> Result<()> {
+        let path = self.conn.path().unwrap_or("").to_string();
+        let fail = |reason: String| StoreError::Open { path: path.clone(), reason };
+        let mut st = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let problems: Vec<String> =
+            st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>().map_err(|e| fail(e.to_string()))?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(fail(format!(
+            "the integrity check failed ({}); fix: stop dingdong and restore a backup over it (`dingdong backup` makes them)",
+            problems.join("; ").chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+        )))
     }
 
     pub fn conn(&self) -> &Connection {

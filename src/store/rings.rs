@@ -109,6 +109,9 @@ pub struct Press<'a> {
     pub doorbell_name: &'a str,
     pub pressed_at: i64,
     pub received_at: i64,
+    /// When the press is recorded: later than `received_at` when the store was failing and
+    /// the press was kept meanwhile; expiry is judged against it.
+    pub recorded_at: i64,
     pub expiry_ms: i64,
     pub debounce_ms: i64,
 }
@@ -259,7 +262,7 @@ impl Store {
             return Ok(RingStart::Folded { ring_id, presses });
         }
         let expires_at = p.pressed_at + p.expiry_ms;
-        if p.received_at >= expires_at {
+        if p.received_at.max(p.recorded_at) >= expires_at {
             tx.execute(
                 "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, finished_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', ?5)",
@@ -628,6 +631,7 @@ mod tests {
             doorbell_name: "Front door",
             pressed_at: at,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 3_000,
         }

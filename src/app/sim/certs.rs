@@ -43,8 +43,13 @@ fn random_id(rng: &mut impl Rng) -> String {
     (0..10).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
+/// Writes one of the simulator's files, readable by its owner only (keys and passwords among
+/// them; the certificates are no secret, but one rule is simpler).
 fn write(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
-    std::fs::write(path, data)
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data.as_ref())
 }
 
 impl SimCredentials {
