@@ -26,7 +26,7 @@ fn token(i: usize) -> String {
 }
 
 fn is_invalid(i: usize) -> bool {
-    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) % 100 == 0
+    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17).is_multiple_of(100)
 }
 
 /// CPU seconds (user + system) this process has used so far.

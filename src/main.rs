@@ -25,7 +25,10 @@ fn init_logging() {
     let initial = filter(&spec).or_else(|_| filter("info")).expect("the default filter parses");
     let (layer, handle) = reload::Layer::new(initial);
     let _ = FILTER.set(handle);
-    tracing_subscriber::registry().with(layer).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
     let _ = dingdong::app::daemon::LOG_FILTER.set(set_filter);
 }
 

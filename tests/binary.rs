@@ -30,7 +30,7 @@ fn token(i: usize) -> String {
 
 /// About 1% of the phones, scattered (not clustered at either end).
 fn is_invalid(i: usize) -> bool {
-    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) % 100 == 0
+    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17).is_multiple_of(100)
 }
 
 async fn start_sim(dir: &Path, shutdown_after: Option<u64>, drop_after: Option<u64>) -> Sim {

@@ -461,16 +461,21 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             // daemon::run checks the key files before opening anything (exit 2 below).
             let cfg = load(&cli.config_path())?;
             if let (Some(spec), Some(set)) = (&cfg.log.filter, crate::app::daemon::LOG_FILTER.get()) {
-                set(spec).map_err(|e| CliError::input(format!("config {}: key `log.filter`: {e}", cfg.file.display())))?;
+                set(spec)
+                    .map_err(|e| CliError::input(format!("config {}: key `log.filter`: {e}", cfg.file.display())))?;
             }
             let rt = tokio::runtime::Runtime::new().map_err(CliError::failed)?;
             rt.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let reload = daemon_signals(stop.clone()).map_err(CliError::failed)?;
                 let control = crate::app::daemon::Control { stop, reload: Some(reload), ..Default::default() };
-                crate::app::daemon::run(cfg, control)
-                    .await
-                    .map_err(|e| if e.is_input() { CliError::input(e) } else { CliError::failed(e) })
+                crate::app::daemon::run(cfg, control).await.map_err(|e| {
+                    if e.is_input() {
+                        CliError::input(e)
+                    } else {
+                        CliError::failed(e)
+                    }
+                })
             })
         }
         Command::Demo => {
@@ -512,9 +517,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
 
 /// The daemon's signals, registered before anything else runs: SIGTERM and SIGINT cancel
 /// `stop`; each SIGHUP is a message on the returned channel (a reload).
-pub fn daemon_signals(
-    stop: tokio_util::sync::CancellationToken,
-) -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+pub fn daemon_signals(stop: tokio_util::sync::CancellationToken) -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int, mut hup) =
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);

@@ -27,7 +27,10 @@ use tracing::{debug, info, warn};
 pub const DRAIN: Duration = Duration::from_secs(10);
 
 /// How the binary changes the log filter on reload (the subscriber lives in `main`).
-pub static LOG_FILTER: OnceLock<fn(&str) -> Result<(), String>> = OnceLock::new();
+pub static LOG_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// Replaces the log filter with a tracing filter spec.
+pub type SetFilter = fn(&str) -> Result<(), String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -76,7 +79,11 @@ pub fn transport(cfg: &Config) -> Result<Transport, settings::SettingsError> {
 }
 
 fn outbox_settings(cfg: &Config) -> OutboxSettings {
-    OutboxSettings { topic: cfg.apns.topic.as_str().into(), sound: cfg.ring.sound.clone(), retry: RetryPolicy::default() }
+    OutboxSettings {
+        topic: cfg.apns.topic.as_str().into(),
+        sound: cfg.ring.sound.clone(),
+        retry: RetryPolicy::default(),
+    }
 }
 
 /// The topics the daemon listens to: its own button and pairing topics, the radio bridges'
@@ -133,8 +140,14 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     }
     let mqtt = crate::net::mqtt::start(mqtt_settings, &tracker, mqtt_stop.clone());
     let mut link = mqtt.link.clone();
-    let publisher =
-        Publisher::start(mqtt.client, mqtt.link, &cfg.mqtt.topic_prefix, &cfg.gateway.id, &tracker, publisher_stop.clone());
+    let publisher = Publisher::start(
+        mqtt.client,
+        mqtt.link,
+        &cfg.mqtt.topic_prefix,
+        &cfg.gateway.id,
+        &tracker,
+        publisher_stop.clone(),
+    );
 
     let outbox = Outbox::new(store.clone(), transport, Some(publisher.clone()), outbox_settings(&cfg));
     let stats = Arc::new(IntakeStats::default());

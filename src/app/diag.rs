@@ -181,6 +181,7 @@ pub async fn run(path: &Path) -> Report {
         .to_lowercase(),
     ));
     let files_ok = files(&cfg, &mut checks);
+    secrets(&cfg, &mut checks);
     let mut rings = vec![];
     database(&cfg, &mut checks, &mut rings);
     disk(&cfg, &mut checks);
@@ -197,6 +198,26 @@ pub async fn run(path: &Path) -> Report {
 }
 
 /// Every file the config names must be readable by this user (under systemd: the service's).
+/// Secret files readable by every user on the gateway.
+fn secrets(cfg: &Config, checks: &mut Vec<Check>) {
+    let open: Vec<String> = cfg
+        .secret_files()
+        .into_iter()
+        .filter(|(_, p)| crate::domain::files::readable_by_others(p))
+        .map(|(k, p)| format!("{k} = {}", p.display()))
+        .collect();
+    if open.is_empty() {
+        checks.push(Check::ok("secrets", "no secret file is readable by other users"));
+    } else {
+        checks.push(Check::warn(
+            "secrets",
+            format!("readable by every user: {}", open.join(", ")),
+            "secret files too open",
+            "chmod o-rwx each of them (root:dingdong 0640 is enough for the service)",
+        ));
+    }
+}
+
 fn files(cfg: &Config, checks: &mut Vec<Check>) -> bool {
     let mut named: Vec<(&str, &Path)> = vec![];
     if let Some(t) = &cfg.apns.token {
@@ -225,7 +246,7 @@ fn files(cfg: &Config, checks: &mut Vec<Check>) -> bool {
     }
     let mut all = true;
     for (key, p) in &named {
-        if let Err(e) = std::fs::read(p) {
+        if let Err(e) = crate::domain::files::read_bounded(p, crate::domain::files::MAX_SMALL_FILE) {
             all = false;
             checks.push(Check::fail(
                 "files",
@@ -432,7 +453,18 @@ async fn broker(cfg: &Config, checks: &mut Vec<Check>) {
             ));
             let state = rt.status.as_ref().and_then(|s| s["state"].as_str().map(str::to_string));
             match state.as_deref() {
-                Some("online") => checks.push(Check::ok("daemon", "online (retained status on the broker)")),
+                Some("online") => {
+                    checks.push(Check::ok("daemon", "online (retained status on the broker)"));
+                    if let Some(store) = rt.status.as_ref().and_then(|s| s.get("store")) {
+                        let since = store["since"].as_i64().map(ago).unwrap_or_default();
+                        checks.push(Check::fail(
+                            "store faults",
+                            format!("{} (since {since})", store["problem"].as_str().unwrap_or("?")),
+                            "the daemon cannot write its database: presses are kept and retried",
+                            "free disk space (df -h), or stop whatever holds the database open for writing",
+                        ));
+                    }
+                }
                 other => checks.push(Check::warn(
                     "daemon",
                     format!("status {}", other.unwrap_or("unknown")),

@@ -142,7 +142,13 @@ impl MqttSettings {
         o.set_max_packet_size(Some(MAX_PACKET));
         o.set_receive_maximum(Some(RECEIVE_MAXIMUM));
         if let Some((topic, payload)) = &self.will {
-            o.set_last_will(v5::mqttbytes::v5::LastWill::new(topic, payload.clone(), v5::mqttbytes::QoS::AtLeastOnce, true, None));
+            o.set_last_will(v5::mqttbytes::v5::LastWill::new(
+                topic,
+                payload.clone(),
+                v5::mqttbytes::QoS::AtLeastOnce,
+                true,
+                None,
+            ));
         }
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u, p);
@@ -413,7 +419,8 @@ impl Driver {
     }
 
     async fn run_v4(&mut self) -> End {
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(self.settings.v4_options(), self.settings.request_capacity);
+        let (client, mut eventloop) =
+            rumqttc::AsyncClient::new(self.settings.v4_options(), self.settings.request_capacity);
         no_delay(&mut eventloop);
         self.client.send_replace(Some(Client::V4(client)));
         let mut backoff = BACKOFF_MIN;

@@ -24,7 +24,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Reads every certificate of a PEM file.
 pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path)
+    let data = crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE)
         .map_err(|e| TlsError::CaFile { path: path.display().to_string(), reason: e.to_string() })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &data[..]).filter_map(Result::ok).collect();
     if certs.is_empty() {

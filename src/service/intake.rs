@@ -103,7 +103,10 @@ impl Intake {
             }
         }
         if !mem.kept.is_empty() {
-            warn!(presses = mem.kept.len(), "stopping with presses the store could not record: the broker keeps them for the next start");
+            warn!(
+                presses = mem.kept.len(),
+                "stopping with presses the store could not record: the broker keeps them for the next start"
+            );
         }
         debug!("intake stopped");
     }

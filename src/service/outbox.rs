@@ -252,7 +252,9 @@ impl Outbox {
         loop {
             match self.store.run(make()).await {
                 Ok(v) => return Some(v),
-                Err(e) => warn!(ring = %ring, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what}: retrying"),
+                Err(e) => {
+                    warn!(ring = %ring, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what}: retrying")
+                }
             }
             tokio::select! {
                 // cancel-safe: only a timer

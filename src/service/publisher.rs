@@ -115,8 +115,14 @@ impl Publisher {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let now = crate::domain::now_ms();
             let last = self.stats.warned_at.load(Ordering::Relaxed);
-            if now - last >= 60_000 && self.stats.warned_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                warn!(dropped = n, queue = EVENT_QUEUE, "the broker is not taking our messages fast enough: events dropped");
+            if now - last >= 60_000
+                && self.stats.warned_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                warn!(
+                    dropped = n,
+                    queue = EVENT_QUEUE,
+                    "the broker is not taking our messages fast enough: events dropped"
+                );
             }
         }
     }
@@ -158,7 +164,8 @@ impl Publisher {
         if let Some(reason) = s.transport {
             v["apns"] = "stopped".into();
             v["reason"] = reason.into();
-            v["fix"] = "check the push credentials, then `systemctl reload dingdong` (dingdong diag tells which)".into();
+            v["fix"] =
+                "check the push credentials, then `systemctl reload dingdong` (dingdong diag tells which)".into();
         }
         if let Some((problem, since)) = s.store {
             v["store"] = serde_json::json!({"problem": problem, "since": since,
@@ -221,6 +228,7 @@ impl Task {
     }
 
     async fn publish(&self, topic: String, payload: Bytes, retain: bool) {
+        tracing::trace!(%topic, retain, bytes = payload.len(), "publishing");
         match self.client.publish(topic, payload, retain).await {
             Ok(()) => {
                 self.handle.stats.published.fetch_add(1, Ordering::Relaxed);

@@ -98,9 +98,7 @@ impl Store {
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => fail(format!(
-                "not an SQLite database (corrupt or overwritten); fix: restore a backup over it, or move it away to start empty"
-            )),
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => fail("not an SQLite database (corrupt or overwritten); fix: restore a backup over it, or move it away to start empty".to_string()),
             e => fail(e.to_string()),
         })?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
@@ -117,8 +115,10 @@ impl Store {
         let path = self.conn.path().unwrap_or("").to_string();
         let fail = |reason: String| StoreError::Open { path: path.clone(), reason };
         let mut st = self.conn.prepare("PRAGMA quick_check(5)")?;
-        let problems: Vec<String> =
-            st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>().map_err(|e| fail(e.to_string()))?;
+        let problems: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| fail(e.to_string()))?;
         if problems.len() == 1 && problems[0] == "ok" {
             return Ok(());
         }

@@ -224,7 +224,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info,dingdong=debug")
+            .env("RUST_LOG", std::env::var("DINGDONG_TEST_LOG").unwrap_or_else(|_| "info,dingdong=debug".into()))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -234,6 +234,26 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log has a line containing `needle` (a readiness check, not a sleep).
+    pub async fn wait_log(&self, needle: &str) {
+        until(&format!("the daemon to log {needle:?}"), || self.log_text().contains(needle)).await
     }
 
     /// SIGTERM, then wait; returns the exit code.

@@ -93,7 +93,7 @@ impl Http2Sim {
                     Some(Ok((req, respond))) => {
                         requests += 1;
                         streams.push(self.handle(req, respond, cert_env));
-                        if self.faults.goaway_after > 0 && requests % self.faults.goaway_after == 0 {
+                        if self.faults.goaway_after > 0 && requests.is_multiple_of(self.faults.goaway_after) {
                             // As Apple does: accepted streams are still answered, later ones refused.
                             conn.graceful_shutdown();
                         }

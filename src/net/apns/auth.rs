@@ -36,7 +36,8 @@ pub enum AuthError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AuthError> {
-    std::fs::read(path).map_err(|e| AuthError::Read { path: path.display().to_string(), reason: e.to_string() })
+    crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE)
+        .map_err(|e| AuthError::Read { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// Mints and caches the provider token. One per process, shared by every connection, so
