@@ -7,6 +7,8 @@
 //! - h2load against the same simulator, where installed: the practical limit of the machine.
 //! - Press latency through a real mosquitto for a 20-phone household over 1,000 presses.
 //! - Idle RSS of `dingdong run` after start-up, and the time from start to READY=1.
+//! - A burst of 20,000 QoS 1 presses over 200 doorbells through mosquitto: presses recorded
+//!   per second, peak RSS, how soon a fresh press rings after the burst, how long SIGTERM takes.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -313,6 +315,9 @@ async fn run() {
     if wanted("legacy") {
         legacy(&mut figs, d, &broker).await;
     }
+    if wanted("burst") {
+        burst(&mut figs, d, &broker).await;
+    }
     println!();
     println!("summary ({machine})");
     println!("| figure | value | target |");
@@ -591,4 +596,80 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let _ = daemon.wait();
     let _ = sim.kill();
     let _ = sim.wait();
+}
+
+/// 20,000 QoS 1 presses over 200 doorbells (100 each, inside one debounce window) as fast as
+/// mosquitto takes them, Home Assistant discovery on; then a fresh press on another doorbell.
+async fn burst(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
+    const DOORBELLS: usize = 200;
+    const EACH: i64 = 100;
+    let dir = d.join("burst");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = start_sim(&dir).await;
+    let creds = serde_json::to_value(&sim.credentials).unwrap();
+    let cfg = write_bench_config(&dir, &broker.url(), &sim.http2_addr.unwrap().to_string(), &creds);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("debounce = \"0s\"", "debounce = \"3s\"");
+    std::fs::write(&cfg, text).unwrap();
+    ok(&cfg, &["user", "add", "family"]);
+    import_phones(&cfg, &dir, "family", 3_000_000, 4);
+    {
+        let mut store = dingdong::store::Store::open(&dir.join("dingdong.db")).unwrap();
+        for i in 0..=DOORBELLS {
+            store.add_doorbell(&format!("b{i}"), None, "family").unwrap();
+        }
+    }
+    let (mut daemon, _) = spawn_daemon_ready(&cfg, &dir);
+    let pid = daemon.id();
+    let rss0 = mem_mb(pid, "VmRSS");
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let db = dir.join("dingdong.db");
+    let recorded = || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT COALESCE(SUM(presses), 0) FROM rings", [], |r| r.get::<_, i64>(0)).unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    let at0 = dingdong::domain::now_ms();
+    for k in 0..EACH {
+        for i in 0..DOORBELLS {
+            obs.press(&format!("b{i}"), at0 + k * 29).await;
+        }
+    }
+    let published = t0.elapsed();
+    // The fresh press, right behind the burst.
+    let fresh_at = dingdong::domain::now_ms();
+    let fresh_sent = Instant::now();
+    obs.press(&format!("b{DOORBELLS}"), fresh_at).await;
+    let fresh_id = dingdong::service::ringer::ring_id(&format!("b{DOORBELLS}"), Some(fresh_at));
+    let want = format!("{PREFIX}/ring/{fresh_id}");
+    obs.wait_for(|t, _| (t == want).then_some(())).await;
+    let fresh = fresh_sent.elapsed();
+    let total = DOORBELLS as i64 * EACH;
+    while recorded() < total + 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(t0.elapsed() < Duration::from_secs(300), "the burst was not recorded");
+    }
+    let all = t0.elapsed();
+    let peak = mem_mb(pid, "VmHWM");
+    let rings: i64 =
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT COUNT(*) FROM rings", [], |r| r.get(0)).unwrap();
+    println!(
+        "burst: {total} presses published in {:.2} s, all recorded after {:.2} s, {rings} rings; RSS {rss0:.1} -> peak {peak:.1} MB",
+        published.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    report(figs, "burst: presses recorded per second", total as f64 / all.as_secs_f64(), "/s", "-");
+    report(figs, "burst: publish time of 20,000 presses (the bridge side)", published.as_secs_f64(), "s", "-");
+    report(
+        figs,
+        "burst: fresh press after the burst -> its outcome",
+        fresh.as_secs_f64() * 1000.0,
+        "ms",
+        "< 50 ms after the burst is handled",
+    );
+    report(figs, "burst: peak RSS", peak, "MB", "bounded");
+    let t = Instant::now();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let code = daemon.wait().unwrap().code();
+    assert_eq!(code, Some(0), "SIGTERM after the burst exits 0");
+    report(figs, "burst: SIGTERM -> exit", t.elapsed().as_secs_f64(), "s", "< 10 s");
 }

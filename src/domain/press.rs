@@ -1,4 +1,6 @@
-//! A button press, whichever bridge heard it.
+//! A button press, whichever bridge heard it, and the id of the ring it starts.
+
+use sha2::{Digest, Sha256};
 
 /// Which kind of bridge a press came from; bindings are keyed by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,4 +43,17 @@ pub struct ButtonPress {
     /// When the bridge saw it (UNIX ms), if it said; it makes the ring id stable across
     /// MQTT redeliveries.
     pub at: Option<i64>,
+}
+
+/// A ring id that is the same every time the same press is delivered: derived from the
+/// doorbell and the press time the bridge stamped. Presses without a time get a random id
+/// (the debounce window still folds their redeliveries).
+pub fn ring_id(doorbell: &str, at: Option<i64>) -> String {
+    match at {
+        Some(at) => {
+            let digest = Sha256::digest(format!("{doorbell}\n{at}").as_bytes());
+            hex::encode(&digest[..8])
+        }
+        None => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+    }
 }

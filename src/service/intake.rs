@@ -17,6 +17,7 @@ use crate::service::outbox::Outbox;
 use crate::service::pairing::Pairing;
 use crate::service::publisher::Publisher;
 use crate::service::ringer::{PressResult, Ringer};
+use crate::store::presses::NewPress;
 use crate::store::rings::RingJob;
 use crate::store::{StoreError, StoreHandle};
 use std::collections::{HashSet, VecDeque};
@@ -31,6 +32,8 @@ use tracing::{debug, info, warn};
 /// First and longest wait before trying a kept press again.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Messages taken from the broker at once; their presses are recorded in one transaction.
+const BATCH: usize = 256;
 /// Topics remembered for "logged once" (oversize and retained presses); a flood of distinct
 /// topics is then logged again, but the memory stays bounded.
 const LOGGED_TOPICS: usize = 256;
@@ -83,15 +86,24 @@ impl Intake {
         let mut mem = Memory { retry_wait: RETRY_MIN, ..Default::default() };
         self.announce_all(&mut mem).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut got = Vec::with_capacity(BATCH);
         loop {
             let retry_at = mem.next_retry;
             tokio::select! {
                 // cancel-safe: stopping drops no message (unacked QoS 1 is redelivered)
                 _ = self.stop.cancelled() => break,
-                // cancel-safe: recv() keeps queued messages
-                msg = inbox.recv() => match msg {
-                    Some(m) => self.on_message(m, &mut mem).await,
-                    None => break,
+                // cancel-safe: recv_many() keeps what it did not hand over
+                n = inbox.recv_many(&mut got, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut presses = Vec::new();
+                    for m in got.drain(..) {
+                        if let Some(k) = self.on_message(m, &mut mem).await {
+                            presses.push(k);
+                        }
+                    }
+                    self.record_presses(presses, &mut mem).await;
                 },
                 // cancel-safe: only a timer; the kept presses stay in `mem`
                 _ = sleep_until(retry_at), if retry_at.is_some() => self.retry_kept(&mut mem).await,
@@ -111,14 +123,16 @@ impl Intake {
         debug!("intake stopped");
     }
 
-    async fn on_message(&self, m: Incoming, mem: &mut Memory) {
+    /// Handles a message; a press comes back to be recorded with the others of its batch.
+    async fn on_message(&self, m: Incoming, mem: &mut Memory) -> Option<Kept> {
         let received_at = crate::domain::now_ms();
         if m.oversize() {
             self.ringer.stats.oversize.fetch_add(1, Ordering::Relaxed);
             if remember(&mut mem.logged, format!("oversize {}", m.topic)) {
                 warn!(topic = %m.topic, bytes = m.size, limit = crate::net::mqtt::MAX_MESSAGE, "message too large: refused (logged once per topic)");
             }
-            return self.publisher.ack(m.ack);
+            self.publisher.ack(m.ack);
+            return None;
         }
         if self.ha.as_ref().is_some_and(|h| h.status_topic == m.topic) {
             if ha::is_online(&m.payload) {
@@ -126,19 +140,25 @@ impl Intake {
                 mem.announced.clear();
                 self.announce_all(mem).await;
             }
-            return self.publisher.ack(m.ack);
+            self.publisher.ack(m.ack);
+            return None;
         }
         let press = match bridge::decode(&self.prefix, &m.topic, &m.payload) {
             Ok(Some(Inbound::Press(p))) => p,
-            Ok(Some(pairing)) => return self.on_pairing(pairing, m).await,
+            Ok(Some(pairing)) => {
+                self.on_pairing(pairing, m).await;
+                return None;
+            }
             Ok(None) => {
                 debug!(topic = %m.topic, "message on a topic we do not handle");
-                return self.publisher.ack(m.ack);
+                self.publisher.ack(m.ack);
+                return None;
             }
             Err(e) => {
                 self.ringer.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 warn!(topic = %m.topic, error = %e, "malformed message ignored");
-                return self.publisher.ack(m.ack);
+                self.publisher.ack(m.ack);
+                return None;
             }
         };
         if m.retain {
@@ -148,69 +168,86 @@ impl Intake {
             if remember(&mut mem.logged, format!("retained {}", m.topic)) {
                 info!(topic = %m.topic, "retained press ignored (logged once per topic)");
             }
-            return self.publisher.ack(m.ack);
+            self.publisher.ack(m.ack);
+            return None;
         }
         self.ringer.stats.presses.fetch_add(1, Ordering::Relaxed);
-        let kept = Kept { press, topic: m.topic, received_at, ack: m.ack };
-        if !mem.kept.is_empty() {
-            // The store is failing: behind the others, in order.
-            self.ringer.stats.kept.fetch_add(1, Ordering::Relaxed);
-            mem.kept.push_back(kept);
+        Some(Kept { press, topic: m.topic, received_at, ack: m.ack })
+    }
+
+    /// Records the presses of a batch in one transaction; on a store fault they are kept.
+    async fn record_presses(&self, presses: Vec<Kept>, mem: &mut Memory) {
+        if presses.is_empty() {
             return;
         }
-        if let Err((kept, e)) = self.record(kept, mem).await {
-            self.keep(kept, e, mem);
+        if !mem.kept.is_empty() {
+            // The store is failing: behind the others, in order.
+            self.ringer.stats.kept.fetch_add(presses.len() as u64, Ordering::Relaxed);
+            mem.kept.extend(presses);
+            return;
+        }
+        if let Err((presses, e)) = self.record(presses, mem).await {
+            self.keep(presses, e, mem);
         }
     }
 
-    /// Records a press; on a store fault hands it back with the error.
-    async fn record(&self, k: Kept, mem: &mut Memory) -> Result<(), (Kept, StoreError)> {
-        match self.ringer.press(k.press.clone(), &k.topic, k.received_at).await {
-            Ok(result) => {
-                // In the database: only now may the broker forget the press.
-                self.publisher.ack(k.ack);
-                self.rang(result, mem);
+    /// Records presses; on a store fault hands them back with the error.
+    async fn record(&self, presses: Vec<Kept>, mem: &mut Memory) -> Result<(), (Vec<Kept>, StoreError)> {
+        let batch = presses
+            .iter()
+            .map(|k| NewPress { press: k.press.clone(), topic: k.topic.clone(), received_at: k.received_at })
+            .collect();
+        match self.ringer.presses(batch).await {
+            Ok(results) => {
+                for (k, result) in presses.into_iter().zip(results) {
+                    // In the database: only now may the broker forget the press.
+                    self.publisher.ack(k.ack);
+                    self.rang(result, mem);
+                }
                 Ok(())
             }
-            Err(e) => Err((k, e)),
+            Err(e) => Err((presses, e)),
         }
     }
 
-    fn keep(&self, k: Kept, e: StoreError, mem: &mut Memory) {
-        self.ringer.stats.kept.fetch_add(1, Ordering::Relaxed);
+    fn keep(&self, presses: Vec<Kept>, e: StoreError, mem: &mut Memory) {
+        self.ringer.stats.kept.fetch_add(presses.len() as u64, Ordering::Relaxed);
         self.ringer.stats.store_faults.fetch_add(1, Ordering::Relaxed);
-        warn!(topic = %k.topic, error = %e, retry_in_ms = RETRY_MIN.as_millis() as u64, "cannot record the press: kept, and retried until the store takes it");
+        warn!(presses = presses.len(), topic = %presses[0].topic, error = %e, retry_in_ms = RETRY_MIN.as_millis() as u64, "cannot record the press: kept, and retried until the store takes it");
         let problem = e.to_string();
         self.publisher.set_status(|s| {
             if s.store.as_ref().map(|(p, _)| p) != Some(&problem) {
                 s.store = Some((problem, crate::domain::now_ms()));
             }
         });
-        mem.kept.push_front(k);
+        for k in presses.into_iter().rev() {
+            mem.kept.push_front(k);
+        }
         mem.retry_wait = RETRY_MIN;
         mem.next_retry = Some(tokio::time::Instant::now() + RETRY_MIN);
     }
 
-    /// Tries the kept presses in order until the store refuses one again.
+    /// Tries the kept presses, in order and in batches, until the store refuses them again.
     async fn retry_kept(&self, mem: &mut Memory) {
         mem.next_retry = None;
-        while let Some(k) = mem.kept.pop_front() {
-            match self.record(k, mem).await {
-                Ok(()) => {}
-                Err((k, e)) => {
-                    self.ringer.stats.store_faults.fetch_add(1, Ordering::Relaxed);
+        while !mem.kept.is_empty() {
+            let n = mem.kept.len().min(BATCH);
+            let batch: Vec<Kept> = mem.kept.drain(..n).collect();
+            if let Err((batch, e)) = self.record(batch, mem).await {
+                self.ringer.stats.store_faults.fetch_add(1, Ordering::Relaxed);
+                for k in batch.into_iter().rev() {
                     mem.kept.push_front(k);
-                    mem.retry_wait = (mem.retry_wait * 2).min(RETRY_MAX);
-                    mem.next_retry = Some(tokio::time::Instant::now() + mem.retry_wait);
-                    debug!(error = %e, kept = mem.kept.len(), retry_in_ms = mem.retry_wait.as_millis() as u64, "the store still refuses presses");
-                    let problem = e.to_string();
-                    self.publisher.set_status(|s| {
-                        if s.store.as_ref().map(|(p, _)| p) != Some(&problem) {
-                            s.store = Some((problem, crate::domain::now_ms()));
-                        }
-                    });
-                    return;
                 }
+                mem.retry_wait = (mem.retry_wait * 2).min(RETRY_MAX);
+                mem.next_retry = Some(tokio::time::Instant::now() + mem.retry_wait);
+                debug!(error = %e, kept = mem.kept.len(), retry_in_ms = mem.retry_wait.as_millis() as u64, "the store still refuses presses");
+                let problem = e.to_string();
+                self.publisher.set_status(|s| {
+                    if s.store.as_ref().map(|(p, _)| p) != Some(&problem) {
+                        s.store = Some((problem, crate::domain::now_ms()));
+                    }
+                });
+                return;
             }
         }
         info!("the store records presses again: every kept press is recorded");

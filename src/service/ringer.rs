@@ -3,11 +3,10 @@
 //! Sends nothing itself.
 
 use crate::domain::ButtonPress;
-use crate::store::fieldkit::Unbound;
-use crate::store::rings::{Press, RingJob, RingStart};
+use crate::store::presses::{NewPress, Recorded};
+use crate::store::rings::{RingJob, RingStart};
 use crate::store::{StoreError, StoreHandle};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,18 +32,7 @@ pub struct IntakeStats {
     pub store_faults: AtomicU64,
 }
 
-/// A ring id that is the same every time the same press is delivered: derived from the
-/// doorbell and the press time the bridge stamped. Presses without a time get a random id
-/// (the debounce window still folds their redeliveries).
-pub fn ring_id(doorbell: &str, at: Option<i64>) -> String {
-    match at {
-        Some(at) => {
-            let digest = Sha256::digest(format!("{doorbell}\n{at}").as_bytes());
-            hex::encode(&digest[..8])
-        }
-        None => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
-    }
-}
+pub use crate::domain::press::ring_id;
 
 /// What became of a press.
 #[derive(Debug)]
@@ -85,50 +73,42 @@ impl Ringer {
 
     /// Turns a press into a ring, durably, before the press is acknowledged.
     pub async fn press(&self, press: ButtonPress, topic: &str, received_at: i64) -> Result<PressResult, StoreError> {
-        let (source, key) = (press.source.as_str(), press.key.clone());
-        let found = self.store.run(move |s| s.resolve_button(source, &key)).await?;
-        let (doorbell_id, doorbell_name) = match found {
-            Some(found) => found,
-            None => {
-                let (key, t) = (press.key.clone(), topic.to_string());
-                match self.store.run(move |s| s.unbound_press(source, &key, &t, received_at)).await? {
-                    Unbound::Learned(id, name) => {
-                        info!(source, key = %press.key, doorbell = %id, "learnt: button bound to the doorbell");
-                        (id, name)
-                    }
-                    Unbound::Recorded => {
-                        self.stats.unknown_buttons.fetch_add(1, Ordering::Relaxed);
-                        warn!(topic, source, key = %press.key, "press of a button bound to no doorbell: ignored");
-                        return Ok(PressResult::UnknownButton);
-                    }
-                }
-            }
-        };
-        let id = ring_id(&doorbell_id, press.at);
+        let one = NewPress { press, topic: topic.to_string(), received_at };
+        Ok(self.presses(vec![one]).await?.pop().expect("one result per press"))
+    }
+
+    /// Turns presses into rings in one store transaction, in order: one result per press.
+    /// On a store fault none of them is recorded.
+    pub async fn presses(&self, presses: Vec<NewPress>) -> Result<Vec<PressResult>, StoreError> {
         let rules = self.rules();
         let (expiry_ms, debounce_ms) = (rules.expiry.as_millis() as i64, rules.debounce.as_millis() as i64);
-        // A press kept while the store was failing is judged against the time it is recorded.
-        let recorded_at = crate::domain::now_ms().max(received_at);
-        // A bridge clock ahead of ours must not stretch the ring's life.
-        let pressed_at = press.at.map_or(received_at, |at| at.min(received_at));
-        let start = {
-            let (id, doorbell_id) = (id.clone(), doorbell_id.clone());
-            self.store
-                .run(move |s| {
-                    s.create_ring(&Press {
-                        ring_id: &id,
-                        doorbell_id: &doorbell_id,
-                        doorbell_name: &doorbell_name,
-                        pressed_at,
-                        received_at,
-                        recorded_at,
-                        expiry_ms,
-                        debounce_ms,
-                    })
-                })
-                .await?
+        let now = crate::domain::now_ms();
+        let (presses, recorded) = self
+            .store
+            .run(move |s| {
+                let r = s.record_presses(&presses, expiry_ms, debounce_ms, now)?;
+                Ok((presses, r))
+            })
+            .await?;
+        Ok(presses.iter().zip(recorded).map(|(p, r)| self.result(p, r)).collect())
+    }
+
+    fn result(&self, p: &NewPress, r: Recorded) -> PressResult {
+        let (source, key, topic) = (p.press.source.as_str(), &p.press.key, &p.topic);
+        let (doorbell_id, start) = match r {
+            Recorded::Unknown => {
+                self.stats.unknown_buttons.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, source, key = %key, "press of a button bound to no doorbell: ignored");
+                return PressResult::UnknownButton;
+            }
+            Recorded::Doorbell { doorbell_id, learned, start } => {
+                if learned {
+                    info!(source, key = %key, doorbell = %doorbell_id, "learnt: button bound to the doorbell");
+                }
+                (doorbell_id, start)
+            }
         };
-        Ok(match start {
+        match start {
             RingStart::Created(job) => {
                 self.stats.rings.fetch_add(1, Ordering::Relaxed);
                 info!(ring = %job.ring_id, doorbell = %job.doorbell_id, phones = job.phones.len(), "ring");
@@ -149,7 +129,7 @@ impl Ringer {
                 warn!(ring = %ring_id, doorbell = %doorbell_id, "press arrived after the ring's expiry: not sent");
                 PressResult::Expired(ring_id)
             }
-        })
+        }
     }
 }
 

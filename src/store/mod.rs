@@ -10,6 +10,7 @@ pub mod files;
 pub mod handle;
 pub mod import;
 pub mod pairing;
+pub mod presses;
 pub mod rings;
 pub mod schema;
 

@@ -241,7 +241,8 @@ impl Store {
     }
 
     fn create_ring_keeping(&mut self, p: &Press, kept: &mut KeptRecipients) -> Result<RingStart> {
-        let tx = self.conn.transaction()?;
+        // A savepoint: its own transaction, or a part of a batch's (`record_presses`).
+        let tx = self.conn.savepoint()?;
         let exists: Option<i64> =
             tx.query_row("SELECT 1 FROM rings WHERE id = ?1", [p.ring_id], |r| r.get(0)).optional()?;
         if exists.is_some() {
@@ -249,7 +250,8 @@ impl Store {
         }
         let folded: Option<String> = tx
             .query_row(
-                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired' AND ABS(pressed_at - ?2) < ?3
+                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired'
+                   AND pressed_at > ?2 - ?3 AND pressed_at < ?2 + ?3
                  ORDER BY pressed_at DESC LIMIT 1",
                 params![p.doorbell_id, p.pressed_at, p.debounce_ms],
                 |r| r.get(0),
@@ -569,7 +571,7 @@ pub struct KeptRecipients {
 impl KeptRecipients {
     /// `doorbell`'s recipients inside `tx`: the kept list when nothing changed since it was
     /// read, else read now (and kept when big).
-    fn read(&mut self, tx: &rusqlite::Transaction<'_>, doorbell: &str) -> Result<Recipients> {
+    fn read(&mut self, tx: &rusqlite::Connection, doorbell: &str) -> Result<Recipients> {
         // A new phone takes an id above every other (ids of removed phones are reused only
         // after a removal, which moves the counter): the two together move on any change.
         let version: (i64, i64) = tx.query_row(
