@@ -261,7 +261,7 @@ impl MqttClient {
 /// The state of the link to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Link {
-    /// Connected and subscribed (subscriptions are queued first thing after ConnAck).
+    /// Connected and subscribed (the broker acknowledged our subscriptions).
     pub up: bool,
     /// How many ConnAcks so far: a change means a new connection (republish retained state).
     pub connects: u64,
@@ -367,17 +367,21 @@ impl Driver {
                         f
                     });
                     let filters: Vec<_> = filters.collect();
-                    if !filters.is_empty() {
+                    if filters.is_empty() {
+                        self.up(Protocol::V5);
+                    } else {
                         // Straight into the event loop's own queue: never waits on the client's.
                         eventloop
                             .pending
                             .push_back(v5::Request::Subscribe(v5::mqttbytes::v5::Subscribe::new_many(filters, None)));
                     }
-                    self.link.send_modify(|l| {
-                        l.up = true;
-                        l.connects += 1;
-                        l.protocol = Some(Protocol::V5);
-                    });
+                }
+                Ok(v5::Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack.return_codes.iter().filter(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))).count();
+                    if refused > 0 {
+                        warn!(refused, "the broker refused some of our subscriptions (check its ACL)");
+                    }
+                    self.up(Protocol::V5);
                 }
                 Ok(v5::Event::Incoming(Packet::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
@@ -443,15 +447,20 @@ impl Driver {
                         .iter()
                         .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), QoS::AtLeastOnce))
                         .collect();
-                    if !filters.is_empty() {
+                    if filters.is_empty() {
+                        self.up(Protocol::V311);
+                    } else {
                         // Straight into the event loop's own queue: never waits on the client's.
                         eventloop.pending.push_back(rumqttc::Request::Subscribe(rumqttc::Subscribe::new_many(filters)));
                     }
-                    self.link.send_modify(|l| {
-                        l.up = true;
-                        l.connects += 1;
-                        l.protocol = Some(Protocol::V311);
-                    });
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused =
+                        ack.return_codes.iter().filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)).count();
+                    if refused > 0 {
+                        warn!(refused, "the broker refused some of our subscriptions (check its ACL)");
+                    }
+                    self.up(Protocol::V311);
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                     let size = p.payload.len();
@@ -480,6 +489,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Connected and subscribed: the link is up (READY and the online status follow).
+    fn up(&self, protocol: Protocol) {
+        self.link.send_modify(|l| {
+            l.up = true;
+            l.connects += 1;
+            l.protocol = Some(protocol);
+        });
     }
 
     /// Waits `d`; true if stopped meanwhile.
