@@ -377,7 +377,11 @@ impl Driver {
                     }
                 }
                 Ok(v5::Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = ack.return_codes.iter().filter(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))).count();
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                        .count();
                     if refused > 0 {
                         warn!(refused, "the broker refused some of our subscriptions (check its ACL)");
                     }
