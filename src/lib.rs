@@ -13,10 +13,12 @@ pub mod daemon;
 pub mod demo;
 pub mod diag;
 pub mod homeassistant;
+pub mod logging;
 pub mod mqtt;
 pub mod outbox;
 pub mod pairing;
 pub mod ring;
+pub mod service_user;
 pub mod store;
 pub mod util;
 

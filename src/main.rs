@@ -5,9 +5,7 @@ fn main() {
     fixed_mmap_threshold();
     let _ = dingdong::util::RELEASE_FREE_MEMORY.set(release_free_memory);
     let cli = dingdong::cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,h2=warn,rustls=warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    dingdong::logging::init("info,rumqttd=off,rumqttc=warn,h2=warn,rustls=warn");
     if let Err(e) = dingdong::cli::dispatch(cli) {
         eprintln!("error: {}", e.message);
         std::process::exit(e.code);

@@ -93,7 +93,12 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
             }
         }
+        let created = !path.exists();
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        if created {
+            // Before WAL mode creates the side files: SQLite gives those the database's owner.
+            crate::service_user::give_to_directory_owner(path).map_err(|e| fail(e.to_string()))?;
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
