@@ -134,7 +134,13 @@ c() {
 # cs SCRIPT: a shell script in the container, in the install folder.
 cs() { c sh -ec "cd /srv/install 2>/dev/null || cd /; $1"; }
 
-state=$(c timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+# systemctl answers once the container's systemd listens on its private socket: ask until it does.
+state=
+for _ in $(seq 300); do
+  state=$(c timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+  [ -n "$state" ] && break
+  sleep 0.2
+done
 case "$state" in
   running | degraded) ;;
   *) die "the container did not boot (state '$state'), see console: $(tail -5 "$work/console.log")" ;;
