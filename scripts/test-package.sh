@@ -12,7 +12,6 @@
 # nsenter, long-running helpers as transient units of the container's own systemd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 t_start=$(date +%s)
 
 skip() { echo "test-package: SKIP: $*"; exit 77; }
@@ -44,12 +43,15 @@ cache=${DINGDONG_TEST_CACHE:-/var/cache/dingdong-test}
 packages=systemd,systemd-sysv,dbus,mosquitto,mosquitto-clients,ca-certificates,curl,procps
 stamp="1 $suite minbase $packages"
 root="$cache/$suite-$(printf '%s' "$stamp" | sha256sum | cut -c1-12)"
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9 # one run at a time uses (and may rebuild) the cache
 if [ ! -e "$root/.dingdong-test-stamp" ]; then
   echo "test-package: making the $suite root file system in $root (debootstrap, about a minute)"
-  mkdir -p "$cache"
   rm -rf "$cache/$suite-"*
   debootstrap --variant=minbase --include="$packages" "$suite" "$root.tmp" "$mirror" \
-    >"$cache/debootstrap.log" 2>&1 || die "debootstrap failed, see $cache/debootstrap.log"
+    >"$cache/debootstrap.log" 2>&1 \
+    || skip "debootstrap from $mirror failed (no network?): $(tail -1 "$cache/debootstrap.log")"
   printf '%s\n' "$stamp" >"$root.tmp/.dingdong-test-stamp"
   mv "$root.tmp" "$root"
 fi
@@ -118,7 +120,8 @@ systemd-nspawn -q -D "$root" -b --keep-unit --register=no --private-network --vo
 nspawn_pid=$!
 leader=
 for _ in $(seq 150); do
-  kill -0 "$nspawn_pid" 2>/dev/null || { tail -20 "$work/console.log" >&2; die "systemd-nspawn exited"; }
+  kill -0 "$nspawn_pid" 2>/dev/null \
+    || skip "systemd-nspawn cannot boot a container here: $(grep -v '^$' "$work/console.log" | tail -2 | tr '\n' ' ')"
   leader=$(pgrep -P "$nspawn_pid" | head -1 || true)
   [ -n "$leader" ] && [ "$(cat "/proc/$leader/comm" 2>/dev/null)" = systemd ] && break
   leader=
