@@ -7,7 +7,7 @@
 //!   line starts with the sd-daemon priority prefix `<N>` so `journalctl -p warning` finds the
 //!   warnings, carries no timestamp (journald stamps every line) and no colour codes (they made
 //!   journald store MESSAGE as a byte array);
-//! - **a terminal**: the usual coloured lines with a timestamp;
+//! - **a terminal**: the usual coloured lines with a timestamp (no colours with `NO_COLOR`);
 //! - **anything else** (a pipe, a file): the same without colours.
 
 use std::fmt;
@@ -97,7 +97,9 @@ pub fn journal_format(
 pub fn init(default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (filter, handle) = reload::Layer::new(filter);
-    let out = output(std::env::var("JOURNAL_STREAM").ok().as_deref(), stderr_id(), std::io::stderr().is_terminal());
+    // NO_COLOR (no-color.org) turns the terminal's colours off.
+    let colour_terminal = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let out = output(std::env::var("JOURNAL_STREAM").ok().as_deref(), stderr_id(), colour_terminal);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match out {
         Output::Journal => fmt.with_ansi(false).event_format(journal_format()).boxed(),
