@@ -7,6 +7,8 @@
 //! - h2load against the same simulator, where installed: the practical limit of the machine.
 //! - Press latency through a real mosquitto for a 20-phone household over 1,000 presses.
 //! - Idle RSS of `dingdong run` after start-up, and the time from start to READY=1.
+//! - A burst of 20,000 QoS 1 presses over 200 doorbells through mosquitto: presses recorded
+//!   per second, peak RSS, how soon a fresh press rings after the burst, how long SIGTERM takes.
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -182,7 +184,7 @@ impl H2load {
     /// None when h2load is not installed.
     fn new(dir: &Path, sim_addr: &str, creds: &serde_json::Value, tokens: &[String]) -> Option<H2load> {
         Command::new("h2load").arg("--version").output().ok()?;
-        let minter = dingdong::apns::auth::JwtMinter::from_p8_file(
+        let minter = dingdong::net::apns::auth::JwtMinter::from_p8_file(
             Path::new(creds["key_file"].as_str().unwrap()),
             creds["key_id"].as_str().unwrap(),
             creds["team_id"].as_str().unwrap(),
@@ -191,14 +193,14 @@ impl H2load {
         let payload = dir.join("payload.json");
         std::fs::write(
             &payload,
-            dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
+            dingdong::codec::apns_payload::ring_payload("building", "building", "0123456789abcdef", "default").unwrap(),
         )
         .unwrap();
         let uris = dir.join("uris.txt");
         let list: String = tokens.iter().map(|t| format!("https://{sim_addr}/3/device/{t}\n")).collect();
         std::fs::write(&uris, list).unwrap();
         // The ring's expiry, as dingdong sends it: five minutes from now, in UNIX seconds.
-        let expiration = dingdong::now_ms() / 1000 + 300;
+        let expiration = dingdong::domain::now_ms() / 1000 + 300;
         let common = format!(
             " -H 'authorization: {}' -H 'apns-topic: {TOPIC}' -H 'apns-push-type: alert' -H 'apns-priority: 10'",
             minter.bearer()
@@ -313,6 +315,9 @@ async fn run() {
     if wanted("legacy") {
         legacy(&mut figs, d, &broker).await;
     }
+    if wanted("burst") {
+        burst(&mut figs, d, &broker).await;
+    }
     println!();
     println!("summary ({machine})");
     println!("| figure | value | target |");
@@ -369,7 +374,7 @@ async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
         let sim_cpu0 = cpu_seconds(sim.id());
         let (io0, sim_io0) = (syscalls(daemon.id()), syscalls(sim.id()));
         let t = Instant::now();
-        obs.press("building", dingdong::now_ms()).await;
+        obs.press("building", dingdong::domain::now_ms()).await;
         let outcome = obs.ring_outcome().await;
         let wall = t.elapsed().as_secs_f64();
         let cpu = cpu_seconds(daemon.id()) - cpu0;
@@ -480,16 +485,16 @@ async fn latency(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let (mut first, mut all, mut last_req) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_at = 0;
     for _ in 0..PRESSES {
-        let mut at = dingdong::now_ms();
+        let mut at = dingdong::domain::now_ms();
         while at <= last_at {
             tokio::task::yield_now().await;
-            at = dingdong::now_ms();
+            at = dingdong::domain::now_ms();
         }
         last_at = at;
-        let t0 = dingdong::now_us();
+        let t0 = dingdong::domain::now_us();
         obs.press("home", at).await;
         let outcome = obs.ring_outcome().await;
-        let t_all = dingdong::now_us();
+        let t_all = dingdong::domain::now_us();
         assert_eq!(outcome["delivered"].as_u64(), Some(HOUSEHOLD as u64), "{outcome}");
         let received = sim.state.take_received();
         let arrivals: Vec<i64> = received.iter().map(|r| r.at_us).collect();
@@ -558,7 +563,7 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let perf = start_perf(daemon.id(), ".legacy");
     let cpu0 = cpu_seconds(daemon.id());
     let wrote0 = io_field(daemon.id(), "wchar:");
-    obs.press("building", dingdong::now_ms()).await;
+    obs.press("building", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     let cpu = cpu_seconds(daemon.id()) - cpu0;
     stop_perf(perf);
@@ -568,7 +573,10 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let all_ms = outcome["latency_ms"]["all"].as_f64().unwrap_or(1.0);
     // What was written includes what the gateway dropped unread after each invalid token
     // and was written again on the next connection.
-    let frame = 45 + dingdong::apns::ring_payload("building", "building", "0123456789abcdef", "default").unwrap().len();
+    let frame = 45
+        + dingdong::codec::apns_payload::ring_payload("building", "building", "0123456789abcdef", "default")
+            .unwrap()
+            .len();
     println!(
         "legacy fan-out: first answer {:.0} ms, all answered {all_ms:.0} ms, dingdong {cpu:.2} s CPU, wrote {:.2} frames' worth per notification",
         outcome["latency_ms"]["first"].as_f64().unwrap_or(0.0),
@@ -588,4 +596,80 @@ async fn legacy(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let _ = daemon.wait();
     let _ = sim.kill();
     let _ = sim.wait();
+}
+
+/// 20,000 QoS 1 presses over 200 doorbells (100 each, inside one debounce window) as fast as
+/// mosquitto takes them, Home Assistant discovery on; then a fresh press on another doorbell.
+async fn burst(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
+    const DOORBELLS: usize = 200;
+    const EACH: i64 = 100;
+    let dir = d.join("burst");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = start_sim(&dir).await;
+    let creds = serde_json::to_value(&sim.credentials).unwrap();
+    let cfg = write_bench_config(&dir, &broker.url(), &sim.http2_addr.unwrap().to_string(), &creds);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("debounce = \"0s\"", "debounce = \"3s\"");
+    std::fs::write(&cfg, text).unwrap();
+    ok(&cfg, &["user", "add", "family"]);
+    import_phones(&cfg, &dir, "family", 3_000_000, 4);
+    {
+        let mut store = dingdong::store::Store::open(&dir.join("dingdong.db")).unwrap();
+        for i in 0..=DOORBELLS {
+            store.add_doorbell(&format!("b{i}"), None, "family").unwrap();
+        }
+    }
+    let (mut daemon, _) = spawn_daemon_ready(&cfg, &dir);
+    let pid = daemon.id();
+    let rss0 = mem_mb(pid, "VmRSS");
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let db = dir.join("dingdong.db");
+    let recorded = || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT COALESCE(SUM(presses), 0) FROM rings", [], |r| r.get::<_, i64>(0)).unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    let at0 = dingdong::domain::now_ms();
+    for k in 0..EACH {
+        for i in 0..DOORBELLS {
+            obs.press(&format!("b{i}"), at0 + k * 29).await;
+        }
+    }
+    let published = t0.elapsed();
+    // The fresh press, right behind the burst.
+    let fresh_at = dingdong::domain::now_ms();
+    let fresh_sent = Instant::now();
+    obs.press(&format!("b{DOORBELLS}"), fresh_at).await;
+    let fresh_id = dingdong::service::ringer::ring_id(&format!("b{DOORBELLS}"), Some(fresh_at));
+    let want = format!("{PREFIX}/ring/{fresh_id}");
+    obs.wait_for(|t, _| (t == want).then_some(())).await;
+    let fresh = fresh_sent.elapsed();
+    let total = DOORBELLS as i64 * EACH;
+    while recorded() < total + 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(t0.elapsed() < Duration::from_secs(300), "the burst was not recorded");
+    }
+    let all = t0.elapsed();
+    let peak = mem_mb(pid, "VmHWM");
+    let rings: i64 =
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT COUNT(*) FROM rings", [], |r| r.get(0)).unwrap();
+    println!(
+        "burst: {total} presses published in {:.2} s, all recorded after {:.2} s, {rings} rings; RSS {rss0:.1} -> peak {peak:.1} MB",
+        published.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    report(figs, "burst: presses recorded per second", total as f64 / all.as_secs_f64(), "/s", "-");
+    report(figs, "burst: publish time of 20,000 presses (the bridge side)", published.as_secs_f64(), "s", "-");
+    report(
+        figs,
+        "burst: fresh press after the burst -> its outcome",
+        fresh.as_secs_f64() * 1000.0,
+        "ms",
+        "< 50 ms after the burst is handled",
+    );
+    report(figs, "burst: peak RSS", peak, "MB", "bounded");
+    let t = Instant::now();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let code = daemon.wait().unwrap().code();
+    assert_eq!(code, Some(0), "SIGTERM after the burst exits 0");
+    report(figs, "burst: SIGTERM -> exit", t.elapsed().as_secs_f64(), "s", "< 10 s");
 }

@@ -7,12 +7,12 @@
 //! simple). Prints the ring time and the process's peak RSS (VmHWM); run it under
 //! `/usr/bin/time -v` for an outside view of the same figure.
 
-use dingdong::apns::auth::ClientIdentity;
-use dingdong::apns::binary::codec::Format;
-use dingdong::apns::binary::{BinarySender, BinarySettings};
-use dingdong::apns::sim::{Sim, SimOptions, TokenInfo};
-use dingdong::apns::Environment;
-use dingdong::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
+use dingdong::app::sim::{Sim, SimOptions, TokenInfo};
+use dingdong::codec::apns_binary::frames::Format;
+use dingdong::domain::Environment;
+use dingdong::net::apns::auth::ClientIdentity;
+use dingdong::net::apns::binary::{BinarySender, BinarySettings};
+use dingdong::service::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
 use dingdong::store::import::ImportFormat;
 use dingdong::store::rings::{Press, RingStart};
 use dingdong::store::{Store, StoreHandle};
@@ -26,7 +26,7 @@ fn token(i: usize) -> String {
 }
 
 fn is_invalid(i: usize) -> bool {
-    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) % 100 == 0
+    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17).is_multiple_of(100)
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -88,7 +88,7 @@ async fn main() {
     s.import_phones(ImportFormat::Tokens { user: "u" }, list.as_bytes(), Environment::Production).unwrap();
     drop(list);
     let store = StoreHandle::spawn(s);
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
     let press = move |s: &mut Store| {
         s.create_ring(&Press {
             ring_id: "bench",
@@ -96,6 +96,7 @@ async fn main() {
             doorbell_name: "Front door",
             pressed_at: now,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 600_000,
             debounce_ms: 3_000,
         })
@@ -111,9 +112,9 @@ async fn main() {
     if std::env::var_os("BENCH_TRANSPORT_ONLY").is_some() {
         // The sender alone, outcomes only counted: what the transport costs without SQLite.
         let targets = job.phones.targets.clone();
-        let msg = std::sync::Arc::new(dingdong::apns::Message {
+        let msg = std::sync::Arc::new(dingdong::domain::Message {
             topic: "com.example.doorbell".into(),
-            payload: dingdong::apns::ring_payload("front", "Front door", "bench", "default").unwrap(),
+            payload: dingdong::codec::apns_payload::ring_payload("front", "Front door", "bench", "default").unwrap(),
             expiration: 0,
             collapse_id: "front".into(),
             priority: 10,

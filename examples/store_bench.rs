@@ -5,7 +5,7 @@
 //! of up to 2,048 (in roughly the order the lanes took them) and closes the ring; these are
 //! the same calls, without the network.
 
-use dingdong::apns::{Environment, Outcome};
+use dingdong::domain::{Environment, Outcome};
 use dingdong::store::import::ImportFormat;
 use dingdong::store::rings::{OutcomeRow, Press, RingStart};
 use dingdong::store::Store;
@@ -28,7 +28,7 @@ fn main() {
         if round == 2 {
             store.add_phone("owner", &"ab".repeat(32), Environment::Production, None, None).unwrap();
         }
-        let now = dingdong::now_ms();
+        let now = dingdong::domain::now_ms();
         let ring_id = format!("ring{round}");
         let press = Press {
             ring_id: &ring_id,
@@ -36,6 +36,7 @@ fn main() {
             doorbell_name: "building",
             pressed_at: now,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
         };

@@ -3,10 +3,11 @@ use clap::Parser;
 
 fn main() {
     fixed_mmap_threshold();
-    let _ = dingdong::util::RELEASE_FREE_MEMORY.set(release_free_memory);
-    let cli = dingdong::cli::Cli::parse();
-    dingdong::logging::init("info,rumqttd=off,rumqttc=warn,h2=warn,rustls=warn");
-    if let Err(e) = dingdong::cli::dispatch(cli) {
+    let _ = dingdong::domain::mem::RELEASE_FREE_MEMORY.set(release_free_memory);
+    let cli = dingdong::app::cli::Cli::parse();
+    dingdong::app::logging::init("info");
+    let _ = dingdong::app::daemon::LOG_FILTER.set(dingdong::app::logging::set_filter);
+    if let Err(e) = dingdong::app::cli::dispatch(cli) {
         eprintln!("error: {}", e.message);
         std::process::exit(e.code);
     }

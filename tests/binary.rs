@@ -2,13 +2,14 @@
 //! files, the built-in simulator in this process on 127.0.0.1:0. No sleeps as
 //! synchronisation: every wait is on an answer or a finished task.
 
-use dingdong::apns::auth::ClientIdentity;
-use dingdong::apns::binary::codec::Format;
-use dingdong::apns::binary::feedback::{poll_and_prune, FeedbackClient};
-use dingdong::apns::binary::{BinarySender, BinarySettings};
-use dingdong::apns::sim::{Sim, SimOptions, TokenInfo};
-use dingdong::apns::{Environment, Message, Outcome, Target};
-use dingdong::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
+use dingdong::app::sim::{Sim, SimOptions, TokenInfo};
+use dingdong::codec::apns_binary::frames::Format;
+use dingdong::domain::{Environment, Message, Outcome, Target};
+use dingdong::net::apns::auth::ClientIdentity;
+use dingdong::net::apns::binary::feedback::FeedbackClient;
+use dingdong::net::apns::binary::{BinarySender, BinarySettings};
+use dingdong::service::feedback::poll_and_prune;
+use dingdong::service::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
 use dingdong::store::import::ImportFormat;
 use dingdong::store::rings::{Press, RingStart};
 use dingdong::store::{Store, StoreHandle};
@@ -29,7 +30,7 @@ fn token(i: usize) -> String {
 
 /// About 1% of the phones, scattered (not clustered at either end).
 fn is_invalid(i: usize) -> bool {
-    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) % 100 == 0
+    (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17).is_multiple_of(100)
 }
 
 async fn start_sim(dir: &Path, shutdown_after: Option<u64>, drop_after: Option<u64>) -> Sim {
@@ -80,9 +81,9 @@ fn seed(db: &Path, sim: &Sim, n: usize, invalid: impl Fn(usize) -> bool) -> (Has
 }
 
 /// Creates a ring for "front" and delivers it through `transport`; returns the report.
-async fn ring(db: &Path, transport: Transport) -> dingdong::outbox::RingReport {
+async fn ring(db: &Path, transport: Transport) -> dingdong::service::outbox::RingReport {
     let store = StoreHandle::spawn(Store::open(db).unwrap());
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
     let job = store
         .run(move |s| {
             s.create_ring(&Press {
@@ -91,6 +92,7 @@ async fn ring(db: &Path, transport: Transport) -> dingdong::outbox::RingReport {
                 doorbell_name: "Front door",
                 pressed_at: now,
                 received_at: now,
+                recorded_at: now,
                 expiry_ms: 600_000,
                 debounce_ms: 3_000,
             })
@@ -231,12 +233,12 @@ async fn unreachable_gateway_hands_everything_back_as_retry() {
         (0..5)
             .map(|i| Target {
                 phone_id: i as i64,
-                token: dingdong::apns::Token::from_hex(&token(i)).unwrap(),
+                token: dingdong::domain::Token::from_hex(&token(i)).unwrap(),
                 environment: Environment::Production,
             })
             .chain([Target {
                 phone_id: 9,
-                token: dingdong::apns::Token::from_hex(&token(9)).unwrap(),
+                token: dingdong::domain::Token::from_hex(&token(9)).unwrap(),
                 environment: Environment::Sandbox,
             }])
             .collect(),
@@ -275,7 +277,7 @@ async fn feedback_prunes_unless_registered_again() {
         s.add_phone("u", t, Environment::Production, None, None).unwrap();
     }
     // `gone` registered a day ago; `back` registered again after Apple's timestamp.
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
     s.conn().execute("UPDATE phones SET registered_at = ?1 WHERE token = ?2", (now - 86_400_000, &gone)).unwrap();
     sim.state.unregister(&gone, now - 3_600_000);
     sim.state.unregister(&back, now - 3_600_000);
@@ -317,7 +319,7 @@ async fn gateway_requires_a_client_certificate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), None, None).await;
-    let cfg = dingdong::apns::tls::client_config(Some(&sim.credentials.ca_file), None, &[]).unwrap();
+    let cfg = dingdong::net::tls::client_config(Some(&sim.credentials.ca_file), None, &[]).unwrap();
     let addr = sim.binary_addr.unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();

@@ -3,7 +3,7 @@
 
 mod util;
 
-use dingdong::apns::sim::Faults;
+use dingdong::app::sim::Faults;
 use dingdong::store::rings::Press;
 use dingdong::store::Store;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ fn household(cfg: &std::path::Path, dir: &std::path::Path, phones: u32) -> Vec<S
     import_phones(cfg, dir, "alice", 0, phones)
 }
 
-fn duplicates(sim: &dingdong::apns::sim::Sim, tokens: &[String]) -> usize {
+fn duplicates(sim: &dingdong::app::sim::Sim, tokens: &[String]) -> usize {
     let counts = sim.state.counts();
     for t in tokens {
         assert!(counts.get(t).copied().unwrap_or(0) >= 1, "token {} never delivered", &t[..8]);
@@ -39,7 +39,7 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     // Phase 1: power cut.
     let daemon = Daemon::spawn(&cfg, d);
     obs.wait_online().await;
-    obs.press("front", dingdong::now_ms()).await;
+    obs.press("front", dingdong::domain::now_ms()).await;
     until("a quarter of the ring delivered", || sim.state.accepted.load(Ordering::Relaxed) >= 5_000).await;
     daemon.kill9();
     let at_kill = sim.state.accepted.load(Ordering::Relaxed);
@@ -60,7 +60,7 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
 
     // Phase 2: SIGTERM mid-ring exits 0 and leaves the rest for the next start.
     let before = sim.state.accepted.load(Ordering::Relaxed);
-    obs.press("back", dingdong::now_ms()).await;
+    obs.press("back", dingdong::domain::now_ms()).await;
     until("the second ring under way", || sim.state.accepted.load(Ordering::Relaxed) >= before + 3_000).await;
     assert_eq!(daemon.terminate(), Some(0));
     let store = Store::open(&d.join("dingdong.db")).unwrap();
@@ -97,7 +97,7 @@ async fn presses_survive_a_broker_restart_and_a_daemon_that_is_down() {
     let broker = Mosquitto::start_on(&bdir, port);
     obs.wait_resubscribed().await;
     obs.wait_resubscribed().await;
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
     obs.press("front", now).await;
     obs.press("back", now).await;
     let daemon = Daemon::spawn(&cfg, dir.path());
@@ -112,7 +112,7 @@ async fn presses_survive_a_broker_restart_and_a_daemon_that_is_down() {
     obs.wait_resubscribed().await;
     obs.wait_resubscribed().await;
     obs.wait_online().await;
-    obs.press("side", dingdong::now_ms()).await;
+    obs.press("side", dingdong::domain::now_ms()).await;
     assert_eq!(obs.ring_outcome().await["delivered"].as_i64(), Some(3));
     let counts = sim.state.counts();
     assert!(tokens.iter().all(|t| counts[t] == 3), "each phone rang once per ring: {counts:?}");
@@ -132,7 +132,7 @@ async fn apples_bad_days_still_deliver_everything() {
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
     let t0 = Instant::now();
-    obs.press("front", dingdong::now_ms()).await;
+    obs.press("front", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     assert_eq!(outcome["delivered"].as_i64(), Some(5_000), "{outcome}");
     let dups = duplicates(&sim, &tokens);
@@ -153,7 +153,7 @@ async fn connections_dropped_without_goaway_lose_nothing() {
     let daemon = Daemon::spawn(&cfg, d);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
-    obs.press("front", dingdong::now_ms()).await;
+    obs.press("front", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     assert_eq!(outcome["delivered"].as_i64(), Some(3_000), "{outcome}");
     duplicates(&sim, &tokens);
@@ -172,13 +172,14 @@ async fn an_expired_ring_is_never_sent() {
     // A ring left unfinished by a crash, whose time ran out while the daemon was down.
     {
         let mut s = Store::open(&d.join("dingdong.db")).unwrap();
-        let old = dingdong::now_ms() - 600_000;
+        let old = dingdong::domain::now_ms() - 600_000;
         let p = Press {
             ring_id: "stale-ring",
             doorbell_id: "front",
             doorbell_name: "front",
             pressed_at: old,
             received_at: old + 10,
+            recorded_at: old + 10,
             expiry_ms: 300_000,
             debounce_ms: 2_000,
         };
@@ -191,7 +192,7 @@ async fn an_expired_ring_is_never_sent() {
     assert_eq!(resumed["expired"].as_i64(), Some(2));
     // The outcome came over MQTT, so the daemon is connected.
     // A press the bridge heard ten minutes ago (delivered late by the broker).
-    obs.press("front", dingdong::now_ms() - 600_000).await;
+    obs.press("front", dingdong::domain::now_ms() - 600_000).await;
     let late = obs.ring_outcome().await;
     assert_eq!(late["state"], "expired", "{late}");
     assert_eq!(sim.state.accepted.load(Ordering::Relaxed), 0, "nothing was sent");
@@ -213,7 +214,7 @@ async fn refused_credentials_stop_the_transport_and_are_reported() {
     let daemon = Daemon::spawn(&cfg, d);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
-    obs.press("front", dingdong::now_ms()).await;
+    obs.press("front", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     assert_eq!(outcome["failed"].as_i64(), Some(3), "{outcome}");
     let status = format!("{PREFIX}/status");
@@ -235,9 +236,9 @@ async fn refused_credentials_stop_the_transport_and_are_reported() {
 /// goes out on a fresh connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_connection_times_out_and_its_requests_come_back_as_retries() {
-    use dingdong::apns::auth::JwtMinter;
-    use dingdong::apns::http2::{Credentials, Http2Client, Http2Settings};
-    use dingdong::apns::{Message, Outcome, Reason, Target};
+    use dingdong::domain::{Message, Outcome, Reason, Target};
+    use dingdong::net::apns::auth::JwtMinter;
+    use dingdong::net::apns::http2::{Credentials, Http2Client, Http2Settings};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();

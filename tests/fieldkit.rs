@@ -4,7 +4,7 @@
 
 mod util;
 
-use dingdong::apns::sim::{CertOptions, Sim, SimOptions};
+use dingdong::app::sim::{CertOptions, Sim, SimOptions};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,12 +3,12 @@
 
 mod util;
 
-use dingdong::apns::sim::TokenInfo;
-use dingdong::apns::Environment;
+use dingdong::app::sim::TokenInfo;
+use dingdong::domain::Environment;
 use std::collections::HashMap;
 use util::*;
 
-fn register(sim: &dingdong::apns::sim::Sim, t: &str, env: Environment) {
+fn register(sim: &dingdong::app::sim::Sim, t: &str, env: Environment) {
     sim.state.register(t, TokenInfo { environment: Some(env), unregistered_at: None });
 }
 
@@ -42,13 +42,13 @@ async fn a_press_reaches_owner_and_shared_phones_and_prunes_stale_ones() {
     register(&sim, &outsider, Environment::Production);
     register(&sim, &stale, Environment::Production);
     // Apple learnt of the uninstall after the phone registered with us: prune.
-    sim.state.unregister(&stale, dingdong::now_ms() + 1_000);
+    sim.state.unregister(&stale, dingdong::domain::now_ms() + 1_000);
     // `bad` is unknown to the simulator: 400 BadDeviceToken.
 
     let daemon = Daemon::spawn(&cfg, d);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
-    let at = dingdong::now_ms();
+    let at = dingdong::domain::now_ms();
     obs.press("front", at).await;
     let outcome = obs.ring_outcome().await;
 
@@ -76,7 +76,7 @@ async fn a_press_reaches_owner_and_shared_phones_and_prunes_stale_ones() {
     }
 
     // The published outcome matches.
-    assert_eq!(outcome["ring_id"], dingdong::ring::ring_id("front", Some(at)));
+    assert_eq!(outcome["ring_id"], dingdong::service::ringer::ring_id("front", Some(at)));
     assert_eq!(outcome["doorbell"], "front");
     assert_eq!((outcome["phones"].as_i64(), outcome["delivered"].as_i64()), (Some(5), Some(3)));
     assert_eq!((outcome["pruned"].as_i64(), outcome["failed"].as_i64()), (Some(2), Some(0)));
@@ -149,8 +149,8 @@ async fn junk_and_unknown_buttons_are_logged_and_the_daemon_keeps_ringing() {
     obs.publish(&format!("{PREFIX}/button/front/press"), b"{not json").await;
     obs.publish(&format!("{PREFIX}/button/front/press"), &vec![b'x'; 10_000]).await;
     obs.publish(&format!("{PREFIX}/button/front/press"), br#"{"at":"yesterday"}"#).await;
-    obs.press("nosuchbell", dingdong::now_ms()).await;
-    obs.press("front", dingdong::now_ms()).await;
+    obs.press("nosuchbell", dingdong::domain::now_ms()).await;
+    obs.press("front", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
     assert_eq!(outcome["doorbell"], "front");
     assert_eq!(outcome["delivered"].as_i64(), Some(1));

@@ -4,7 +4,7 @@
 
 mod util;
 
-use dingdong::pairing::{sign, signing_string};
+use dingdong::codec::pairing::{sign, signing_string};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use util::*;
@@ -13,7 +13,7 @@ struct Home {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     _broker: Mosquitto,
-    sim: dingdong::apns::sim::Sim,
+    sim: dingdong::app::sim::Sim,
     cfg: PathBuf,
     daemon: Option<Daemon>,
     obs: Observer,
@@ -92,7 +92,7 @@ impl Home {
     }
 
     async fn press(&mut self, doorbell: &str) -> Value {
-        self.obs.press(doorbell, dingdong::now_ms()).await;
+        self.obs.press(doorbell, dingdong::domain::now_ms()).await;
         self.obs.ring_outcome().await
     }
 
@@ -150,7 +150,7 @@ fn signed(phone_id: i64, key: &[u8], action: &str, rid: &str, ts: i64, nonce: &s
 }
 
 fn nonce() -> String {
-    hex::encode(dingdong::pairing::new_salt())
+    hex::encode(dingdong::codec::pairing::new_salt())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +204,7 @@ async fn five_wrong_codes_lock_the_window_and_a_thousand_random_codes_never_pair
     let code = h.open("guest", &[]);
     let mut sent = 0;
     while sent < BURST {
-        let c = dingdong::pairing::Code::generate();
+        let c = dingdong::codec::pairing::Code::generate();
         if c.reveal() == code {
             continue;
         }
@@ -245,7 +245,7 @@ async fn signed_requests_replace_tokens_and_refuse_replays_forgeries_stale_and_c
     let b = phone_of(&h.pair("pb", &code, &t_b).await);
     let before = h.phones();
     let tok_args = |t: &str| vec![("token", json!(t)), ("environment", json!("production"))];
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
 
     // Forged: a random key; bob's key on alice's phone; alice's key on bob's phone.
     let forged = signed(a.id, &[7u8; 32], "token", "f1", now, &nonce(), &tok_args(&t_new));
@@ -305,7 +305,7 @@ async fn an_owner_phone_shares_a_doorbell_and_a_phone_unpairs_itself() {
     let mut h = home().await;
     let code = h.open("alice", &[]);
     let a = phone_of(&h.pair("pa", &code, &token(400)).await);
-    let now = dingdong::now_ms();
+    let now = dingdong::domain::now_ms();
     let share = [("user", json!("carol")), ("doorbell", json!("front")), ("minutes", json!(10))];
     let r = h.phone_raw(a.id, "share-code", &signed(a.id, &a.secret, "share-code", "sc", now, &nonce(), &share)).await;
     assert_eq!(r["ok"], true, "{r}");

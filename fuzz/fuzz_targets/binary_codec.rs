@@ -2,7 +2,7 @@
 //! 0, 1, 2 and their checks), the 6-byte error-response, and feedback tuples split anywhere.
 //! None of it may panic; whatever parses as a notification must re-encode and parse again.
 #![no_main]
-use dingdong::apns::binary::codec::{self, ErrorResponse, FeedbackParser};
+use dingdong::codec::apns_binary::frames::{self, ErrorResponse, FeedbackParser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

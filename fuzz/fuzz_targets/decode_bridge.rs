@@ -11,15 +11,15 @@ fuzz_target!(|data: &[u8]| {
         None => ("button/front/press".to_string(), data),
     };
     let topic = format!("{PREFIX}/{suffix}");
-    if let Ok(Some(inbound)) = dingdong::mqtt::sources::decode(PREFIX, &topic, payload) {
-        use dingdong::mqtt::sources::Inbound;
+    if let Ok(Some(inbound)) = dingdong::codec::bridge::decode(PREFIX, &topic, payload) {
+        use dingdong::codec::bridge::Inbound;
         match inbound {
             Inbound::PairRequest(Err(r)) | Inbound::PhoneRequest { request: Err(r), .. } => {
                 // Every refusal's reply is JSON and its request id cannot widen a topic.
                 let v: serde_json::Value = serde_json::from_str(&r.reply()).expect("reply is JSON");
                 assert_eq!(v["ok"], false);
                 if let Some(id) = &r.request_id {
-                    assert!(dingdong::pairing::wire::valid_request_id(id));
+                    assert!(dingdong::codec::pairing::wire::valid_request_id(id));
                 }
             }
             Inbound::PhoneRequest { phone_id, .. } => assert!(phone_id > 0),

@@ -2,8 +2,8 @@
 //! per part, so no field can smuggle a newline), and verification (never accepts a
 //! signature it did not make; a signature it made verifies once fresh).
 #![no_main]
-use dingdong::pairing::wire::parse_signed;
-use dingdong::pairing::{sign, verify, VerifyError};
+use dingdong::codec::pairing::wire::parse_signed;
+use dingdong::codec::pairing::{sign, verify, VerifyError};
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: [u8; 32] = [0x5a; 32];

@@ -21,7 +21,7 @@ impl Store {
     /// which came first, and deleting a live phone is the worse mistake.
     pub fn prune_feedback(&mut self, items: &[(String, u32)]) -> Result<FeedbackPruned> {
         let mut r = FeedbackPruned::default();
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let tx = self.conn.transaction()?;
         {
             let mut delete = tx.prepare_cached("DELETE FROM phones WHERE token = ?1 AND registered_at < ?2")?;
@@ -47,7 +47,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apns::Environment;
+    use crate::domain::Environment;
 
     #[test]
     fn prunes_only_phones_not_registered_again() {
@@ -60,7 +60,7 @@ mod tests {
             s.add_phone("a", t, Environment::Production, None, None).unwrap();
         }
         s.add_phone("b", &shared, Environment::Production, None, None).unwrap();
-        let now_s = (crate::now_ms() / 1000) as u32;
+        let now_s = (crate::domain::now_ms() / 1000) as u32;
         s.conn().execute("UPDATE phones SET registered_at = ?1 WHERE token = ?2", params![1_000_000i64, old]).unwrap();
         s.conn()
             .execute("UPDATE phones SET registered_at = ?1 WHERE token = ?2", params![1_000_000i64, shared])

@@ -75,7 +75,7 @@ impl Store {
     /// request if there is one, else recorded for diag. One transaction, so two daemons
     /// sharing the database cannot both claim the request.
     pub fn unbound_press(&mut self, source: &str, key: &str, topic: &str, now: i64) -> Result<Unbound> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let learn: Option<(String, String)> = tx
             .query_row(
                 "SELECT l.doorbell_id, d.name FROM learn_requests l JOIN doorbells d ON d.id = l.doorbell_id
@@ -178,7 +178,7 @@ impl Store {
             Ok(FailingPhone {
                 phone_id: r.get(0)?,
                 user: r.get(1)?,
-                token: crate::util::short_token(&token).to_string(),
+                token: crate::domain::short_token(&token).to_string(),
                 environment: r.get(3)?,
                 last_outcome: r.get(4)?,
                 at: r.get(5)?,

@@ -3,7 +3,7 @@
 //! import is one transaction: it lands whole or not at all.
 
 use super::{Result, Store, StoreError, Upsert};
-use crate::apns::{normalize_token, Environment};
+use crate::domain::{normalize_token, Environment};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ impl Store {
             ImportFormat::Tokens { user } => Some(self.user_id(user)?),
             ImportFormat::Csv => None,
         };
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let mut report = ImportReport::default();
         let mut users: HashMap<String, i64> = HashMap::new();
         let tx = self.conn.transaction()?;
@@ -93,7 +93,7 @@ impl Store {
                     if lineno == 1 && normalize_token(token).is_err() {
                         continue; // a header such as client_id,deviceToken
                     }
-                    if let Err(e) = crate::util::check_id("user", user) {
+                    if let Err(e) = crate::domain::check_id("user", user) {
                         report.rejected.push((lineno, e));
                         continue;
                     }

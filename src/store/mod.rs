@@ -6,15 +6,17 @@
 
 pub mod feedback;
 pub mod fieldkit;
+pub mod files;
 pub mod handle;
 pub mod import;
 pub mod pairing;
+pub mod presses;
 pub mod rings;
 pub mod schema;
 
 pub use handle::StoreHandle;
 
-use crate::apns::{normalize_token, Environment, TokenError};
+use crate::domain::{normalize_token, Environment, TokenError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -93,18 +95,38 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
             }
         }
-        let created = !path.exists();
+        files::prepare(path).map_err(|e| fail(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
-        if created {
-            // Before WAL mode creates the side files: SQLite gives those the database's owner.
-            crate::service_user::give_to_directory_owner(path).map_err(|e| fail(e.to_string()))?;
-        }
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => fail("not an SQLite database (corrupt or overwritten); fix: restore a backup over it, or move it away to start empty".to_string()),
+            e => fail(e.to_string()),
+        })?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
         schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
+        // SQLite creates -wal and -shm with the database's mode and, as root, its owner: fix
+        // them too in case an older version or a hand made them.
+        files::prepare_side_files(path);
         Ok(Store { conn, recipients: Default::default() })
+    }
+
+    /// SQLite's quick integrity check: the daemon refuses to run on a damaged database.
+    pub fn check_integrity(&self) -> Result<()> {
+        let path = self.conn.path().unwrap_or("").to_string();
+        let fail = |reason: String| StoreError::Open { path: path.clone(), reason };
+        let mut st = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let problems: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| fail(e.to_string()))?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(fail(format!(
+            "the integrity check failed ({}); fix: stop dingdong and restore a backup over it (`dingdong backup` makes them)",
+            problems.join("; ").chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+        )))
     }
 
     pub fn conn(&self) -> &Connection {
@@ -127,8 +149,10 @@ impl Store {
     // ---- users ----
 
     pub fn add_user(&mut self, name: &str) -> Result<i64> {
-        crate::util::check_id("user", name).map_err(StoreError::Invalid)?;
-        match self.conn.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, crate::now_ms()])
+        crate::domain::check_id("user", name).map_err(StoreError::Invalid)?;
+        match self
+            .conn
+            .execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, crate::domain::now_ms()])
         {
             Ok(_) => Ok(self.conn.last_insert_rowid()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Exists { kind: "user", id: name.into() }),
@@ -173,7 +197,7 @@ impl Store {
     // ---- doorbells ----
 
     pub fn add_doorbell(&mut self, id: &str, name: Option<&str>, owner: &str) -> Result<()> {
-        crate::util::check_id("doorbell", id).map_err(StoreError::Invalid)?;
+        crate::domain::check_id("doorbell", id).map_err(StoreError::Invalid)?;
         let name = name.unwrap_or(id);
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(StoreError::Invalid("doorbell name must be 1 to 100 printable characters".into()));
@@ -181,7 +205,7 @@ impl Store {
         let owner_id = self.user_id(owner)?;
         match self.conn.execute(
             "INSERT INTO doorbells (id, name, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, owner_id, crate::now_ms()],
+            params![id, name, owner_id, crate::domain::now_ms()],
         ) {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Exists { kind: "doorbell", id: id.into() }),
@@ -304,7 +328,7 @@ impl Store {
         let token = normalize_token(raw_token)?;
         let uid = self.user_id(user)?;
         let tx = self.conn.transaction()?;
-        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::now_ms())?;
+        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
         tx.commit()?;
         Ok(r)
     }
@@ -336,7 +360,7 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound {
                 kind: "phone with token",
-                id: crate::util::short_token(&token).to_string() + "…",
+                id: crate::domain::short_token(&token).to_string() + "…",
             });
         }
         Ok(n)

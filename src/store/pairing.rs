@@ -1,5 +1,5 @@
 //! The SQL of pairing: windows, attempts, phone secrets, nonces and rate events. The rules
-//! themselves are `crate::pairing`'s pure functions; here they run inside one IMMEDIATE
+//! themselves are `crate::codec::pairing`'s pure functions; here they run inside one IMMEDIATE
 //! transaction per request, so two instances sharing the database cannot both redeem a code
 //! or both accept a nonce.
 //!
@@ -8,9 +8,9 @@
 //! gateway's crown jewel either way (whoever can write it can add a phone directly).
 
 use super::{import, Result, Store, StoreError};
-use crate::apns::Environment;
-use crate::pairing::wire::{Action, ErrorCode, PairRequest, Refusal, SignedRequest};
-use crate::pairing::{self, Code, Limits, RateLimit, Redeem, VerifyError, Window};
+use crate::codec::pairing::wire::{Action, ErrorCode, PairRequest, Refusal, SignedRequest};
+use crate::codec::pairing::{self, Code, Limits, RateLimit, Redeem, VerifyError, Window};
+use crate::domain::Environment;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 /// How long used, locked and expired windows are kept (for `diag` and the curious).
@@ -132,7 +132,7 @@ fn insert_window(
 }
 
 fn ensure_user_tx(tx: &Transaction, name: &str, now: i64) -> Result<i64> {
-    crate::util::check_id("user", name).map_err(StoreError::Invalid)?;
+    crate::domain::check_id("user", name).map_err(StoreError::Invalid)?;
     if let Some(id) = tx.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()? {
         return Ok(id);
     }
@@ -406,7 +406,7 @@ fn replace_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pairing::wire::{parse_pair_request, parse_signed};
+    use crate::codec::pairing::wire::{parse_pair_request, parse_signed};
 
     const T0: i64 = 1_700_000_000_000;
 

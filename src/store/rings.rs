@@ -3,7 +3,7 @@
 //! in batches; pruning honours re-registration.
 
 use super::{Result, Store};
-use crate::apns::{Environment, Outcome, Target, Token};
+use crate::domain::{Environment, Outcome, Target, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::sync::Arc;
@@ -109,6 +109,9 @@ pub struct Press<'a> {
     pub doorbell_name: &'a str,
     pub pressed_at: i64,
     pub received_at: i64,
+    /// When the press is recorded: later than `received_at` when the store was failing and
+    /// the press was kept meanwhile; expiry is judged against it.
+    pub recorded_at: i64,
     pub expiry_ms: i64,
     pub debounce_ms: i64,
 }
@@ -238,7 +241,8 @@ impl Store {
     }
 
     fn create_ring_keeping(&mut self, p: &Press, kept: &mut KeptRecipients) -> Result<RingStart> {
-        let tx = self.conn.transaction()?;
+        // A savepoint: its own transaction, or a part of a batch's (`record_presses`).
+        let tx = self.conn.savepoint()?;
         let exists: Option<i64> =
             tx.query_row("SELECT 1 FROM rings WHERE id = ?1", [p.ring_id], |r| r.get(0)).optional()?;
         if exists.is_some() {
@@ -246,7 +250,8 @@ impl Store {
         }
         let folded: Option<String> = tx
             .query_row(
-                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired' AND ABS(pressed_at - ?2) < ?3
+                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired'
+                   AND pressed_at > ?2 - ?3 AND pressed_at < ?2 + ?3
                  ORDER BY pressed_at DESC LIMIT 1",
                 params![p.doorbell_id, p.pressed_at, p.debounce_ms],
                 |r| r.get(0),
@@ -259,7 +264,7 @@ impl Store {
             return Ok(RingStart::Folded { ring_id, presses });
         }
         let expires_at = p.pressed_at + p.expiry_ms;
-        if p.received_at >= expires_at {
+        if p.received_at.max(p.recorded_at) >= expires_at {
             tx.execute(
                 "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, finished_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', ?5)",
@@ -292,7 +297,7 @@ impl Store {
     /// after Apple's timestamp. A phone's `last_outcome` (its last problem) is written only
     /// when it changes.
     pub fn record_outcomes(&mut self, ring_id: &str, batch: &[OutcomeRow]) -> Result<Recorded> {
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let mut rec = Recorded::default();
         let mut delivered: Vec<(i64, i64)> =
             batch.iter().filter(|r| r.outcome == Outcome::Delivered).map(|r| (r.seq, r.phone_id)).collect();
@@ -398,7 +403,7 @@ impl Store {
     /// Records every phone of `ring_id` still pending as `expired` and closes the ring in
     /// `state`. The ring's phone count becomes what was settled plus what expired.
     fn close_ring(&mut self, ring_id: &str, state: &str) -> Result<RingSummary> {
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let (doorbell, phones): (String, i64) =
             self.conn.query_row("SELECT doorbell_id, phones FROM rings WHERE id = ?1", [ring_id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -475,7 +480,7 @@ impl Store {
         let mut lines = self.ring_states(ring_id)?;
         lines.truncate(limit);
         for l in &mut lines {
-            l.token = crate::util::short_token(&l.token).to_string();
+            l.token = crate::domain::short_token(&l.token).to_string();
         }
         Ok(lines)
     }
@@ -566,7 +571,7 @@ pub struct KeptRecipients {
 impl KeptRecipients {
     /// `doorbell`'s recipients inside `tx`: the kept list when nothing changed since it was
     /// read, else read now (and kept when big).
-    fn read(&mut self, tx: &rusqlite::Transaction<'_>, doorbell: &str) -> Result<Recipients> {
+    fn read(&mut self, tx: &rusqlite::Connection, doorbell: &str) -> Result<Recipients> {
         // A new phone takes an id above every other (ids of removed phones are reused only
         // after a removal, which moves the counter): the two together move on any change.
         let version: (i64, i64) = tx.query_row(
@@ -602,7 +607,7 @@ impl KeptRecipients {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apns::Reason;
+    use crate::domain::Reason;
 
     fn setup() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -628,6 +633,7 @@ mod tests {
             doorbell_name: "Front door",
             pressed_at: at,
             received_at: now,
+            recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 3_000,
         }
@@ -779,7 +785,7 @@ mod tests {
     fn outcomes_prune_unless_re_registered() {
         let (_d, mut s) = setup();
         let RingStart::Created(job) = s.create_ring(&press("r1", 1_000_000, 1_000_010)).unwrap() else { panic!() };
-        let now = crate::now_ms();
+        let now = crate::domain::now_ms();
         let outcomes = [
             Outcome::Delivered,
             // Apple's timestamp after registration: pruned.

@@ -239,7 +239,7 @@ mod tests {
                 )
                 .unwrap();
             }
-            let far = crate::now_ms() + 600_000;
+            let far = crate::domain::now_ms() + 600_000;
             tx.execute(
                 "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state)
                  VALUES ('r1', 'front', 'Front', 0, 0, ?1, 'pending')",

@@ -3,7 +3,7 @@
 //! process, and an MQTT observer. No fixed ports; readiness is awaited, never slept for.
 #![allow(dead_code)]
 
-use dingdong::apns::sim::{CertOptions, Faults, Sim, SimOptions};
+use dingdong::app::sim::{CertOptions, Faults, Sim, SimOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -224,7 +224,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info,dingdong=debug")
+            .env("RUST_LOG", std::env::var("DINGDONG_TEST_LOG").unwrap_or_else(|_| "info,dingdong=debug".into()))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -234,6 +234,26 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log has a line containing `needle` (a readiness check, not a sleep).
+    pub async fn wait_log(&self, needle: &str) {
+        until(&format!("the daemon to log {needle:?}"), || self.log_text().contains(needle)).await
     }
 
     /// SIGTERM, then wait; returns the exit code.
@@ -260,6 +280,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the daemon said.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- daemon log (last {} lines) ---", tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
@@ -277,7 +306,7 @@ impl Observer {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(o, 1024);
-        dingdong::mqtt::client::no_delay(&mut eventloop);
+        dingdong::net::mqtt::no_delay(&mut eventloop);
         let (tx, rx) = mpsc::unbounded_channel();
         let (sub_tx, mut subscribed) = mpsc::unbounded_channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
@@ -355,11 +384,11 @@ impl Observer {
 
 /// A deterministic 32-byte token for test phone `n`.
 /// A production phone with id `n` and [`token`]`(n)`, as the transports take it.
-pub fn target(n: u32) -> dingdong::apns::Target {
-    dingdong::apns::Target {
+pub fn target(n: u32) -> dingdong::domain::Target {
+    dingdong::domain::Target {
         phone_id: n as i64,
-        token: dingdong::apns::Token::from_hex(&token(n)).unwrap(),
-        environment: dingdong::apns::Environment::Production,
+        token: dingdong::domain::Token::from_hex(&token(n)).unwrap(),
+        environment: dingdong::domain::Environment::Production,
     }
 }
 

@@ -1,0 +1,16 @@
+//! The vocabulary every layer speaks: device tokens and environments, the message of a ring
+//! and each phone's outcome, button presses, ids, the clock. Imports nothing of ours.
+
+pub mod files;
+pub mod ids;
+pub mod mem;
+pub mod outcome;
+pub mod press;
+pub mod time;
+pub mod token;
+
+pub use ids::check_id;
+pub use outcome::{Message, Outcome, Reason, Target};
+pub use press::{ButtonPress, Source};
+pub use time::{now_ms, now_us};
+pub use token::{normalize_token, short_token, Environment, Token, TokenError, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES};

@@ -1,0 +1,623 @@
+//! The MQTT client: connect (MQTT 5, or 3.1.1 where the broker speaks only that), a
+//! persistent session, resubscribe on every ConnAck, back off between reconnects, a last will,
+//! and the bounded hand-over of incoming messages.
+//!
+//! The task that polls the event loop never awaits the client (rumqtt #263/#1025): the only
+//! requests it makes itself (subscriptions) go straight into the event loop's own queue, and
+//! messages are forwarded on a bounded channel. Publishing and acknowledging are done through
+//! [`MqttClient`] by exactly one other task (`service::publisher`), which nothing the event
+//! loop feeds ever waits on.
+//!
+//! No payload can trap the session: under MQTT 5 the CONNECT states a Maximum Packet Size
+//! ([`MAX_PACKET`]) that the broker must honour by not sending larger packets; under 3.1.1,
+//! where nothing can be stated, the client reads packets of any size the protocol allows, so
+//! a large message is read, acknowledged and refused instead of dropping the connection and
+//! being redelivered for ever. Either way a payload above [`MAX_MESSAGE`] is handed on
+//! without its bytes, marked oversize, for the intake to count, log once and acknowledge.
+//! A broker that ignores the stated limit makes the client fall back to 3.1.1.
+
+use bytes::Bytes;
+use rumqttc::v5;
+use rumqttc::{QoS, TlsConfiguration, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// First and longest wait between reconnect attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The largest packet the broker may send us under MQTT 5 (Maximum Packet Size).
+pub const MAX_PACKET: u32 = 256 * 1024;
+/// The largest payload handed on with its bytes; nothing legitimate comes close (bridge
+/// events and pairing messages are a few hundred bytes).
+pub const MAX_MESSAGE: usize = 16 * 1024;
+/// MQTT's own upper bound on a packet (the remaining length's 4-byte varint).
+const PROTOCOL_MAX_PACKET: usize = 268_435_455;
+/// How long an MQTT 5 session outlives a disconnect on the broker (its queued presses too).
+const SESSION_EXPIRY_SECS: u32 = 24 * 3600;
+/// How many unacknowledged QoS 1 messages the broker may send us at once (MQTT 5 Receive
+/// Maximum); 3.1.1 brokers apply their own (mosquitto: 20).
+const RECEIVE_MAXIMUM: u16 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt.url '{0}' is not mqtt://HOST:PORT or mqtts://HOST:PORT")]
+    Url(String),
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error("the MQTT client has stopped")]
+    Closed,
+}
+
+/// Which MQTT version to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// MQTT 5, falling back to 3.1.1 if the broker does not take it.
+    #[default]
+    Auto,
+    V5,
+    V311,
+}
+
+/// A topic filter to subscribe to at QoS 1 after every ConnAck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    /// Whether retained messages are wanted at subscribe time. Presses and requests are
+    /// events: a retained one must not ring again at every reconnect (MQTT 5 asks the broker
+    /// not to send them; under 3.1.1 the intake ignores what arrives flagged retained).
+    pub retained: bool,
+}
+
+impl Subscription {
+    pub fn events(filter: impl Into<String>) -> Subscription {
+        Subscription { filter: filter.into(), retained: false }
+    }
+
+    pub fn state(filter: impl Into<String>) -> Subscription {
+        Subscription { filter: filter.into(), retained: true }
+    }
+}
+
+/// Everything the client needs; built by `app::settings` from `[mqtt]`.
+#[derive(Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    pub subscriptions: Vec<Subscription>,
+    /// Keep the broker-side session (clean session off), so QoS 1 presses wait for us.
+    pub persistent: bool,
+    /// The last will: `(topic, payload)`, published retained by the broker if we vanish.
+    pub will: Option<(String, Vec<u8>)>,
+    pub protocol: Protocol,
+    /// Capacity of the client's request queue (rumqttc's); tests shrink it to 1.
+    pub request_capacity: usize,
+    /// Capacity of the channel that hands messages to the intake.
+    pub inbox_capacity: usize,
+}
+
+impl MqttSettings {
+    /// `host:port`, for log lines.
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn v4_options(&self) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(&self.client_id, &self.host, self.port);
+        o.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        o.set_clean_session(!self.persistent);
+        o.set_manual_acks(true);
+        // 3.1.1 cannot tell the broker a limit: read whatever the protocol allows, so that no
+        // message can make the connection fail and be redelivered on the next one.
+        o.set_max_packet_size(PROTOCOL_MAX_PACKET, 256 * 1024);
+        if let Some((topic, payload)) = &self.will {
+            o.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, true));
+        }
+        if let Some((u, p)) = &self.credentials {
+            o.set_credentials(u, p);
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        o
+    }
+
+    fn v5_options(&self) -> v5::MqttOptions {
+        let mut o = v5::MqttOptions::new(&self.client_id, &self.host, self.port);
+        o.set_keep_alive(self.keep_alive.max(Duration::from_secs(5)));
+        o.set_clean_start(!self.persistent);
+        if self.persistent {
+            o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
+        }
+        o.set_manual_acks(true);
+        o.set_max_packet_size(Some(MAX_PACKET));
+        o.set_receive_maximum(Some(RECEIVE_MAXIMUM));
+        if let Some((topic, payload)) = &self.will {
+            o.set_last_will(v5::mqttbytes::v5::LastWill::new(
+                topic,
+                payload.clone(),
+                v5::mqttbytes::QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        }
+        if let Some((u, p)) = &self.credentials {
+            o.set_credentials(u, p);
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        let mut net = o.network_options();
+        net.set_tcp_nodelay(true);
+        o.set_network_options(net);
+        o
+    }
+}
+
+/// A message from a subscribed topic.
+#[derive(Debug)]
+pub struct Incoming {
+    pub topic: String,
+    /// Empty when the message was larger than [`MAX_MESSAGE`] (see `size`).
+    pub payload: Bytes,
+    /// The payload's size as it arrived.
+    pub size: usize,
+    /// Flagged retained: sent because we subscribed, not because it just happened.
+    pub retain: bool,
+    /// The acknowledgement to send once the message's effect is durable.
+    pub ack: Ack,
+}
+
+impl Incoming {
+    pub fn oversize(&self) -> bool {
+        self.size > MAX_MESSAGE
+    }
+}
+
+/// What acknowledging one message needs (its packet id), whichever protocol delivered it.
+#[derive(Debug, Clone)]
+pub struct Ack(AckKind);
+
+#[derive(Debug, Clone)]
+enum AckKind {
+    /// QoS 0: nothing to acknowledge.
+    None,
+    V4(rumqttc::Publish),
+    V5(v5::mqttbytes::v5::Publish),
+}
+
+impl Ack {
+    /// An acknowledgement that does nothing (messages made up in tests).
+    pub fn none() -> Ack {
+        Ack(AckKind::None)
+    }
+}
+
+/// The client of the running connection, whichever protocol it speaks.
+#[derive(Clone)]
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// Publishing and acknowledging. Only `service::publisher` holds one in the daemon: its calls
+/// wait when the client's queue is full, which only the event loop drains.
+#[derive(Clone)]
+pub struct MqttClient {
+    client: watch::Receiver<Option<Client>>,
+}
+
+impl MqttClient {
+    async fn current(&self) -> Result<Client, MqttError> {
+        let mut rx = self.client.clone();
+        let c = rx.wait_for(Option::is_some).await.map_err(|_| MqttError::Closed)?;
+        Ok(c.clone().expect("waited for a client"))
+    }
+
+    /// Publishes at QoS 1.
+    pub async fn publish(&self, topic: String, payload: Bytes, retain: bool) -> Result<(), MqttError> {
+        let sent = match self.current().await? {
+            Client::V4(c) => c.publish_bytes(topic, QoS::AtLeastOnce, retain, payload).await.is_ok(),
+            Client::V5(c) => c.publish_bytes(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload).await.is_ok(),
+        };
+        sent.then_some(()).ok_or(MqttError::Closed)
+    }
+
+    /// Acknowledges a message.
+    pub async fn ack(&self, ack: &Ack) -> Result<(), MqttError> {
+        match (&ack.0, self.current().await?) {
+            (AckKind::None, _) => Ok(()),
+            (AckKind::V4(p), Client::V4(c)) => c.ack(p).await.map_err(|_| MqttError::Closed),
+            (AckKind::V5(p), Client::V5(c)) => c.ack(p).await.map_err(|_| MqttError::Closed),
+            // A message of a connection that used the other protocol: that session is gone.
+            _ => Ok(()),
+        }
+    }
+
+    /// Disconnects cleanly (the broker then does not publish the will).
+    pub async fn disconnect(&self) {
+        if let Ok(c) = self.current().await {
+            match c {
+                Client::V4(c) => {
+                    let _ = c.disconnect().await;
+                }
+                Client::V5(c) => {
+                    let _ = c.disconnect().await;
+                }
+            }
+        }
+    }
+}
+
+/// The state of the link to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    /// Connected and subscribed (the broker acknowledged our subscriptions).
+    pub up: bool,
+    /// How many ConnAcks so far: a change means a new connection (republish retained state).
+    pub connects: u64,
+    /// The protocol of the current (or last) connection.
+    pub protocol: Option<Protocol>,
+}
+
+/// A started client: publish through `client`, read messages from `inbox`, watch `link`.
+pub struct Connection {
+    pub client: MqttClient,
+    pub inbox: mpsc::Receiver<Incoming>,
+    pub link: watch::Receiver<Link>,
+}
+
+/// Starts the event loop task.
+pub fn start(settings: MqttSettings, tracker: &TaskTracker, stop: CancellationToken) -> Connection {
+    let (client_tx, client_rx) = watch::channel(None);
+    let (tx, inbox) = mpsc::channel(settings.inbox_capacity.max(1));
+    let (link_tx, link) = watch::channel(Link::default());
+    let driver = Driver { settings, tx, client: client_tx, link: link_tx, stop };
+    tracker.spawn(driver.run());
+    Connection { client: MqttClient { client: client_rx }, inbox, link }
+}
+
+struct Driver {
+    settings: MqttSettings,
+    tx: mpsc::Sender<Incoming>,
+    client: watch::Sender<Option<Client>>,
+    link: watch::Sender<Link>,
+    stop: CancellationToken,
+}
+
+/// How one event loop ended.
+enum End {
+    /// Stopped, or disconnected on purpose.
+    Stopped,
+    /// Use the other protocol: the broker did not take MQTT 5 (or ignored our limit).
+    Switch(Protocol),
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut protocol = match self.settings.protocol {
+            Protocol::Auto | Protocol::V5 => Protocol::V5,
+            Protocol::V311 => Protocol::V311,
+        };
+        loop {
+            let end = match protocol {
+                Protocol::V311 => self.run_v4().await,
+                _ => self.run_v5().await,
+            };
+            match end {
+                End::Stopped => break,
+                End::Switch(p) => {
+                    info!(broker = %self.settings.broker(), protocol = ?p, "MQTT: switching protocol");
+                    protocol = p;
+                }
+            }
+        }
+        self.link.send_modify(|l| l.up = false);
+    }
+
+    /// Whether an error before the first ConnAck means the broker does not speak MQTT 5: it
+    /// closed or reset the connection, or refused the protocol version.
+    fn looks_like_protocol(e: &v5::ConnectionError) -> bool {
+        use v5::mqttbytes::v5::ConnectReturnCode as C;
+        match e {
+            v5::ConnectionError::ConnectionRefused(C::RefusedProtocolVersion | C::UnsupportedProtocolVersion) => true,
+            v5::ConnectionError::Io(io) => !matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut | std::io::ErrorKind::NotFound
+            ),
+            v5::ConnectionError::MqttState(_) | v5::ConnectionError::NotConnAck(_) => true,
+            _ => false,
+        }
+    }
+
+    async fn run_v5(&mut self) -> End {
+        let (client, mut eventloop) = v5::AsyncClient::new(self.settings.v5_options(), self.settings.request_capacity);
+        self.client.send_replace(Some(Client::V5(client)));
+        let mut backoff = BACKOFF_MIN;
+        let mut reported = None;
+        let auto = self.settings.protocol == Protocol::Auto;
+        let mut ever_connected = false;
+        loop {
+            let ev = tokio::select! {
+                // cancel-safe: poll() keeps its state in the EventLoop; dropping the future loses nothing
+                ev = eventloop.poll() => ev,
+                _ = self.stop.cancelled() => return End::Stopped,
+            };
+            use v5::mqttbytes::v5::Packet;
+            match ev {
+                Ok(v5::Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_MIN;
+                    reported = None;
+                    ever_connected = true;
+                    info!(broker = %self.settings.broker(), session_present = ack.session_present, protocol = "5", "MQTT connected");
+                    let filters = self.settings.subscriptions.iter().map(|s| {
+                        let mut f = v5::mqttbytes::v5::Filter::new(s.filter.clone(), v5::mqttbytes::QoS::AtLeastOnce);
+                        if !s.retained {
+                            f.retain_forward_rule = v5::mqttbytes::v5::RetainForwardRule::Never;
+                        }
+                        f
+                    });
+                    let filters: Vec<_> = filters.collect();
+                    if filters.is_empty() {
+                        self.up(Protocol::V5);
+                    } else {
+                        // Straight into the event loop's own queue: never waits on the client's.
+                        eventloop
+                            .pending
+                            .push_back(v5::Request::Subscribe(v5::mqttbytes::v5::Subscribe::new_many(filters, None)));
+                    }
+                }
+                Ok(v5::Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack.return_codes.iter().filter(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_))).count();
+                    if refused > 0 {
+                        warn!(refused, "the broker refused some of our subscriptions (check its ACL)");
+                    }
+                    self.up(Protocol::V5);
+                }
+                Ok(v5::Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let size = p.payload.len();
+                    let payload = if size > MAX_MESSAGE { Bytes::new() } else { p.payload.clone() };
+                    let retain = p.retain;
+                    let ack = match p.qos {
+                        v5::mqttbytes::QoS::AtMostOnce => AckKind::None,
+                        _ => AckKind::V5(v5::mqttbytes::v5::Publish { payload: Bytes::new(), ..p }),
+                    };
+                    // Backpressure only: the consumer never waits on this task.
+                    if self.tx.send(Incoming { topic, payload, size, retain, ack: Ack(ack) }).await.is_err() {
+                        return End::Stopped;
+                    }
+                }
+                Ok(v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    debug!("MQTT disconnect sent");
+                    return End::Stopped;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.link.send_modify(|l| l.up = false);
+                    if auto && !ever_connected && Self::looks_like_protocol(&e) {
+                        info!(broker = %self.settings.broker(), error = %e, "MQTT 5 not accepted: trying 3.1.1");
+                        return End::Switch(Protocol::V311);
+                    }
+                    if auto && is_too_large_v5(&e) {
+                        warn!(broker = %self.settings.broker(), error = %e, "the broker sent a packet above the Maximum Packet Size we stated: falling back to MQTT 3.1.1, which reads any size");
+                        return End::Switch(Protocol::V311);
+                    }
+                    report_error(&mut reported, e.to_string(), backoff);
+                    if self.sleep(backoff).await {
+                        return End::Stopped;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn run_v4(&mut self) -> End {
+        let (client, mut eventloop) =
+            rumqttc::AsyncClient::new(self.settings.v4_options(), self.settings.request_capacity);
+        no_delay(&mut eventloop);
+        self.client.send_replace(Some(Client::V4(client)));
+        let mut backoff = BACKOFF_MIN;
+        let mut reported = None;
+        loop {
+            let ev = tokio::select! {
+                // cancel-safe: poll() keeps its state in the EventLoop; dropping the future loses nothing
+                ev = eventloop.poll() => ev,
+                _ = self.stop.cancelled() => return End::Stopped,
+            };
+            use rumqttc::Packet;
+            match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = BACKOFF_MIN;
+                    reported = None;
+                    info!(broker = %self.settings.broker(), session_present = ack.session_present, protocol = "3.1.1", "MQTT connected");
+                    let filters: Vec<_> = self
+                        .settings
+                        .subscriptions
+                        .iter()
+                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), QoS::AtLeastOnce))
+                        .collect();
+                    if filters.is_empty() {
+                        self.up(Protocol::V311);
+                    } else {
+                        // Straight into the event loop's own queue: never waits on the client's.
+                        eventloop.pending.push_back(rumqttc::Request::Subscribe(rumqttc::Subscribe::new_many(filters)));
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused =
+                        ack.return_codes.iter().filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)).count();
+                    if refused > 0 {
+                        warn!(refused, "the broker refused some of our subscriptions (check its ACL)");
+                    }
+                    self.up(Protocol::V311);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    let size = p.payload.len();
+                    let payload = if size > MAX_MESSAGE { Bytes::new() } else { p.payload.clone() };
+                    let (topic, retain) = (p.topic.clone(), p.retain);
+                    let ack = match p.qos {
+                        QoS::AtMostOnce => AckKind::None,
+                        _ => AckKind::V4(rumqttc::Publish { payload: Bytes::new(), ..p }),
+                    };
+                    if self.tx.send(Incoming { topic, payload, size, retain, ack: Ack(ack) }).await.is_err() {
+                        return End::Stopped;
+                    }
+                }
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    debug!("MQTT disconnect sent");
+                    return End::Stopped;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.link.send_modify(|l| l.up = false);
+                    report_error(&mut reported, e.to_string(), backoff);
+                    if self.sleep(backoff).await {
+                        return End::Stopped;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Connected and subscribed: the link is up (READY and the online status follow).
+    fn up(&self, protocol: Protocol) {
+        self.link.send_modify(|l| {
+            l.up = true;
+            l.connects += 1;
+            l.protocol = Some(protocol);
+        });
+    }
+
+    /// Waits `d`; true if stopped meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            // cancel-safe: only a timer
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stop.cancelled() => true,
+        }
+    }
+}
+
+/// A connection error at `warn` the first time, at `debug` while the same one repeats.
+fn report_error(reported: &mut Option<String>, error: String, backoff: Duration) {
+    if reported.as_deref() == Some(error.as_str()) {
+        debug!(error = %error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection still failing");
+    } else {
+        warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost");
+        *reported = Some(error);
+    }
+}
+
+fn is_too_large_v5(e: &v5::ConnectionError) -> bool {
+    matches!(
+        e,
+        v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }
+        ))
+    )
+}
+
+/// Disables Nagle's algorithm: a press is one small packet, and waiting for the peer's delayed
+/// ACK (40 ms on Linux) before sending it is most of a ring's latency otherwise.
+pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
+    let mut opts = eventloop.network_options();
+    opts.set_tcp_nodelay(true);
+    eventloop.set_network_options(opts);
+}
+
+/// Connects (3.1.1, clean session), publishes one QoS 1 message, waits for the broker's
+/// PubAck and disconnects: what `dingdong ring` does. The event loop is polled here; the
+/// client is never awaited.
+pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    let broker = settings.broker();
+    let mut opts = settings.v4_options();
+    opts.set_clean_session(true);
+    opts.set_manual_acks(false);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
+    no_delay(&mut eventloop);
+    client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string())?;
+    let done = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("broker {broker}: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .map_err(|_| format!("broker {broker} did not acknowledge the press within 10s"))?
+}
+
+/// What diag's broker check learnt.
+#[derive(Debug, Clone)]
+pub struct RoundTrip {
+    /// From CONNECT to CONNACK.
+    pub connect_ms: f64,
+    /// From PUBLISH to receiving it back on our own subscription.
+    pub round_trip_ms: f64,
+    /// The daemon's retained `P/status`, if the broker holds one.
+    pub status: Option<serde_json::Value>,
+}
+
+/// Connects with `settings` (diag's own client id, clean session, no will), subscribes to a
+/// private topic and to `status_topic`, publishes once and waits for the message to come back.
+pub async fn round_trip(
+    settings: MqttSettings,
+    probe: String,
+    status_topic: String,
+    timeout: Duration,
+) -> Result<RoundTrip, String> {
+    let broker = settings.broker();
+    let mut opts = settings.v4_options();
+    opts.set_clean_session(true);
+    opts.set_manual_acks(false);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
+    no_delay(&mut eventloop);
+    let t0 = std::time::Instant::now();
+    let work = async {
+        let (mut connect_ms, mut sent_at, mut status) = (0.0, None, None);
+        loop {
+            match eventloop.poll().await.map_err(|e| format!("broker {broker}: {e}"))? {
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
+                    connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    let filters =
+                        [&status_topic, &probe].map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+                    client.try_subscribe_many(filters).map_err(|e| e.to_string())?;
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    sent_at = Some(std::time::Instant::now());
+                    client.try_publish(probe.clone(), QoS::AtMostOnce, false, "diag").map_err(|e| e.to_string())?;
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic == status_topic => {
+                    status = serde_json::from_slice(&p.payload).ok();
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic == probe => {
+                    let round_trip_ms = sent_at.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+                    let _ = client.try_disconnect();
+                    return Ok(RoundTrip { connect_ms, round_trip_ms, status });
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("broker {broker}: no round trip within {}s", timeout.as_secs()))?
+}
