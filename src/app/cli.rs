@@ -610,6 +610,8 @@ async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
             "credentials": sim.credentials,
         })
     );
+    // Under systemd (`systemd-run -p Type=notify`): started means listening, credentials written.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone()).await;
     tracing::info!(stats = %sim.state.stats(), "apns-sim stopping");

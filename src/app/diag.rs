@@ -6,6 +6,7 @@
 use crate::app::config::Config;
 use crate::domain::Reason;
 use crate::net::apns::http2::Probe;
+use crate::app::service_user;
 use crate::store::Store;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -253,14 +254,58 @@ fn files(cfg: &Config, checks: &mut Vec<Check>) -> bool {
                 format!("{key} = {}: {e}", p.display()),
                 "unreadable key file",
                 format!(
-                    "make {} readable by the dingdong service (e.g. chgrp dingdong FILE; chmod 0640 FILE) or fix {key}",
+                    "make {} readable by the dingdong service (chgrp dingdong FILE; chmod 0640 FILE) or fix {key}",
                     p.display()
                 ),
             ));
         }
     }
+    let service = service_view(cfg);
     if all {
-        checks.push(Check::ok("files", format!("{} credential/CA files readable", named.len())));
+        if let Some(account) = &service {
+            all = as_service(cfg, account, &named, checks);
+        }
+    }
+    if all {
+        let who = match &service {
+            Some(a) => format!(" by user {} (uid {}), database writable", a.name, a.uid),
+            None => String::new(),
+        };
+        checks.push(Check::ok("files", format!("{} credential/CA files readable{who}", named.len())));
+    }
+    all
+}
+
+/// The service's account when diag runs as root on the service's own config: root reads any
+/// file, so readability must be judged as the user the unit runs as.
+fn service_view(cfg: &Config) -> Option<service_user::Account> {
+    let ours = cfg.file == Path::new(crate::config::DEFAULT_PATH);
+    (ours && service_user::running_as_root()).then(service_user::service_account).flatten()
+}
+
+/// The config, every file it names, and the database files, as the service's user sees them.
+fn as_service(cfg: &Config, account: &service_user::Account, named: &[(&str, &Path)], checks: &mut Vec<Check>) -> bool {
+    use service_user::Need;
+    let db = &cfg.gateway.database;
+    let mut wanted: Vec<(String, PathBuf, Need)> = vec![("config".into(), cfg.file.clone(), Need::Read)];
+    wanted.extend(named.iter().map(|(k, p)| (k.to_string(), p.to_path_buf(), Need::Read)));
+    if let Some(dir) = db.parent().filter(|d| d.exists()) {
+        wanted.push(("gateway.database".into(), dir.to_path_buf(), Need::Directory));
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        if p.exists() {
+            wanted.push(("gateway.database".into(), p, Need::ReadWrite));
+        }
+    }
+    let mut all = true;
+    for (key, p, need) in wanted {
+        if let Err(d) = service_user::access(account, &p, need) {
+            all = false;
+            let problem =
+                if key == "gateway.database" { "database not writable by the service" } else { "unreadable key file" };
+            checks.push(Check::fail("files", format!("{key}: {}", d.why), problem, d.fix));
+        }
     }
     all
 }

@@ -8,5 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod diag;
 pub mod instance;
+pub mod logging;
+pub mod service_user;
 pub mod settings;
 pub mod sim;

@@ -91,4 +91,24 @@ mod tests {
             }
         }
     }
+
+    /// A command run as root beside the service: the database it creates in the service's
+    /// directory, and SQLite's -wal and -shm beside it, belong to the directory's owner.
+    #[test]
+    fn a_database_root_creates_in_the_services_directory_is_the_services() {
+        if !running_as_root() {
+            eprintln!("skipped: needs root to own files for another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(4242), Some(4243)).unwrap();
+        let db = dir.path().join("d.db");
+        let store = crate::store::Store::open(&db).unwrap();
+        store.conn().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let m = std::fs::metadata(format!("{}{suffix}", db.display())).unwrap();
+            assert_eq!((std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)), (4242, 4243), "d.db{suffix}");
+        }
+    }
+
 }
