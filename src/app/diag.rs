@@ -4,9 +4,9 @@
 //! sees one push to a deliberately invalid token.
 
 use crate::app::config::Config;
+use crate::app::service_user;
 use crate::domain::Reason;
 use crate::net::apns::http2::Probe;
-use crate::app::service_user;
 use crate::store::Store;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -279,7 +279,7 @@ fn files(cfg: &Config, checks: &mut Vec<Check>) -> bool {
 /// The service's account when diag runs as root on the service's own config: root reads any
 /// file, so readability must be judged as the user the unit runs as.
 fn service_view(cfg: &Config) -> Option<service_user::Account> {
-    let ours = cfg.file == Path::new(crate::config::DEFAULT_PATH);
+    let ours = cfg.file == Path::new(crate::app::config::DEFAULT_PATH);
     (ours && service_user::running_as_root()).then(service_user::service_account).flatten()
 }
 

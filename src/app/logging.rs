@@ -96,9 +96,8 @@ pub fn journal_format(
 /// output format from what stderr is. Call once, from `main`.
 pub fn init(default_filter: &str) {
     let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
-    let filter = spec
-        .and_then(|s| EnvFilter::try_new(quiet(&s)).ok())
-        .unwrap_or_else(|| EnvFilter::new(quiet(default_filter)));
+    let filter =
+        spec.and_then(|s| EnvFilter::try_new(quiet(&s)).ok()).unwrap_or_else(|| EnvFilter::new(quiet(default_filter)));
     let (filter, handle) = reload::Layer::new(filter);
     // NO_COLOR (no-color.org) turns the terminal's colours off.
     let colour_terminal = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -107,8 +107,11 @@ mod tests {
         store.conn().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let m = std::fs::metadata(format!("{}{suffix}", db.display())).unwrap();
-            assert_eq!((std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)), (4242, 4243), "d.db{suffix}");
+            assert_eq!(
+                (std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)),
+                (4242, 4243),
+                "d.db{suffix}"
+            );
         }
     }
-
 }

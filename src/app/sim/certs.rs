@@ -43,12 +43,21 @@ fn random_id(rng: &mut impl Rng) -> String {
     (0..10).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-/// Writes one of the simulator's files, readable by its owner only (keys and passwords among
-/// them; the certificates are no secret, but one rule is simpler).
+/// Writes one of the simulator's secrets (keys, passwords), readable by its owner only.
 fn write(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    write_mode(path, data, 0o600)
+}
+
+/// Writes a certificate: no secret, readable by all (the daemon's user reads the CA).
+fn write_public(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    write_mode(path, data, 0o644)
+}
+
+fn write_mode(path: &Path, data: impl AsRef<[u8]>, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(data.as_ref())
 }
 
@@ -130,10 +139,10 @@ impl SimCredentials {
         }
         let client = client_params.signed_by(&client_key, &ca, &ca_key)?;
 
-        write(&creds.ca_file, ca.pem())?;
-        write(&creds.server_cert, server.pem())?;
+        write_public(&creds.ca_file, ca.pem())?;
+        write_public(&creds.server_cert, server.pem())?;
         write(&creds.server_key, server_key.serialize_pem())?;
-        write(&creds.client_cert, client.pem())?;
+        write_public(&creds.client_cert, client.pem())?;
         write(&creds.client_key, client_key.serialize_pem())?;
 
         let password: String = random_id(&mut rng);
