@@ -1,0 +1,205 @@
+//! The commands that only read and write the database: people, doorbells, shares, phones,
+//! pairing windows, learning a button.
+
+use super::{open, print_json, CliError, DoorbellCmd, PairCmd, PhoneCmd, UserCmd};
+use crate::domain::Environment;
+use crate::store::import::ImportFormat;
+use crate::store::{Store, Upsert};
+use std::path::Path;
+
+/// `user ...`.
+pub fn user(path: &Path, cmd: &UserCmd) -> Result<(), CliError> {
+    let mut store = open(path)?;
+    match cmd {
+        UserCmd::Add { name } => {
+            store.add_user(name)?;
+            println!("user {name} added");
+        }
+        UserCmd::List { json } => {
+            let users = store.list_users()?;
+            if *json {
+                print_json(&users);
+            } else {
+                println!("{:<24} {:>6} {:>9}", "USER", "PHONES", "DOORBELLS");
+                for u in users {
+                    println!("{:<24} {:>6} {:>9}", u.name, u.phones, u.doorbells);
+                }
+            }
+        }
+        UserCmd::Rm { name } => {
+            store.remove_user(name)?;
+            println!("user {name} removed");
+        }
+    }
+    Ok(())
+}
+
+/// `doorbell ...`.
+pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
+    let mut store = open(path)?;
+    match cmd {
+        DoorbellCmd::Add { id, name, owner } => {
+            store.add_doorbell(id, name.as_deref(), owner)?;
+            println!("doorbell {id} added, owned by {owner}");
+        }
+        DoorbellCmd::List { json } => {
+            let bells = store.list_doorbells()?;
+            if *json {
+                print_json(&bells);
+            } else {
+                println!("{:<16} {:<24} {:<16} {:<24} BINDINGS", "ID", "NAME", "OWNER", "SHARED WITH");
+                for d in bells {
+                    println!(
+                        "{:<16} {:<24} {:<16} {:<24} {}",
+                        d.id,
+                        d.name,
+                        d.owner,
+                        d.shared_with.join(","),
+                        d.bindings.join(",")
+                    );
+                }
+            }
+        }
+        DoorbellCmd::Rm { id } => {
+            store.remove_doorbell(id)?;
+            println!("doorbell {id} removed");
+        }
+        DoorbellCmd::Bind { id, source, key } => {
+            store.bind(id, source, key)?;
+            println!("{source} button {key} now rings doorbell {id}");
+        }
+        DoorbellCmd::Learn { id, seconds } => learn(&mut store, id, *seconds)?,
+    }
+    Ok(())
+}
+
+/// `share ID USER` (`on`) and `unshare ID USER`.
+pub fn share(path: &Path, id: &str, user: &str, on: bool) -> Result<(), CliError> {
+    let mut store = open(path)?;
+    if on {
+        store.share(id, user)?;
+        println!("doorbell {id} shared with {user}");
+    } else {
+        store.unshare(id, user)?;
+        println!("doorbell {id} no longer shared with {user}");
+    }
+    Ok(())
+}
+
+/// `pair ...`.
+pub fn pair(path: &Path, cmd: &PairCmd) -> Result<(), CliError> {
+    let mut store = open(path)?;
+    match cmd {
+        PairCmd::Open { user, share, minutes } => {
+            let opener = crate::store::pairing::Opener::Cli;
+            let w = store.open_pair_window(user, share.as_deref(), *minutes, opener, crate::domain::now_ms())?;
+            let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(w.expires_at as u64);
+            // The one place a code is shown: on the terminal of whoever may open windows.
+            println!("pairing code for {user}: {}", w.code.reveal());
+            let shared = share.as_ref().map(|d| format!("; shares doorbell {d}")).unwrap_or_default();
+            println!("valid once, for {minutes} minute(s), until {}{shared}", humantime::format_rfc3339_seconds(until));
+        }
+    }
+    Ok(())
+}
+
+/// `phone ...`.
+pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
+    let mut store = open(path)?;
+    let store = &mut store;
+    let env = |sandbox: bool| if sandbox { Environment::Sandbox } else { Environment::Production };
+    match cmd {
+        PhoneCmd::Add { user, token, sandbox, topic, name } => {
+            let r = store.add_phone(user, token, env(*sandbox), topic.as_deref(), name.as_deref())?;
+            let short = crate::domain::normalize_token(token).map(|t| t[..8].to_string()).unwrap_or_default();
+            match r {
+                Upsert::Added(id) => println!("phone {id} ({short}…) added for {user}"),
+                Upsert::Updated(id) => println!("phone {id} ({short}…) re-registered for {user}"),
+            }
+        }
+        PhoneCmd::Import { user, file, csv, sandbox } => {
+            let (format, path) = match (user, file, csv) {
+                (Some(u), Some(f), None) => (ImportFormat::Tokens { user: u }, f),
+                (None, None, Some(c)) => (ImportFormat::Csv, c),
+                _ => return Err(CliError::input("phone import takes USER FILE, or --csv FILE")),
+            };
+            let f = std::fs::File::open(path)
+                .map_err(|e| CliError::input(format!("cannot read {}: {e}", path.display())))?;
+            let t0 = std::time::Instant::now();
+            let r = store.import_phones(format, std::io::BufReader::new(f), env(*sandbox))?;
+            for (line, why) in r.rejected.iter().take(20) {
+                println!("line {line}: rejected: {why}");
+            }
+            if r.rejected.len() > 20 {
+                println!("... and {} more rejected lines", r.rejected.len() - 20);
+            }
+            println!(
+                "imported {}: {} added, {} updated, {} rejected, {} users created in {:.2}s",
+                path.display(),
+                r.added,
+                r.updated,
+                r.rejected.len(),
+                r.users_created,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        PhoneCmd::List { json, full } => {
+            let mut phones = store.list_phones()?;
+            if !full {
+                for p in &mut phones {
+                    p.token = crate::domain::short_token(&p.token).to_string();
+                }
+            }
+            if *json {
+                print_json(&phones);
+            } else {
+                println!("{:>6} {:<16} {:<10} {:<11} {:<20} LAST PROBLEM", "ID", "USER", "TOKEN", "ENV", "NAME");
+                for p in phones {
+                    println!(
+                        "{:>6} {:<16} {:<10} {:<11} {:<20} {}",
+                        p.id,
+                        p.user,
+                        p.token,
+                        p.environment,
+                        p.name.unwrap_or_default(),
+                        p.last_outcome.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        PhoneCmd::Rm { token } => {
+            let n = store.remove_phone(token)?;
+            println!("{n} phone registration(s) removed");
+        }
+    }
+    Ok(())
+}
+
+/// `dingdong doorbell learn ID`: leaves a learn request in the database, which the running
+/// daemon fulfils with the next unknown press, and waits for it (polling the database, the
+/// one thing both processes share).
+fn learn(store: &mut Store, id: &str, seconds: u64) -> Result<(), CliError> {
+    store.request_learn(id, seconds, crate::domain::now_ms())?;
+    println!("press the button for doorbell {id} now (waiting {seconds}s; the daemon must be running)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let result = loop {
+        if let Some(found) = store.learn_result(id)? {
+            break Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    store.end_learn(id)?;
+    match result {
+        Some((source, key)) => {
+            println!("{source} button {key} now rings doorbell {id}");
+            Ok(())
+        }
+        None => Err(CliError::failed(format!(
+            "no unknown button was pressed within {seconds}s; is `dingdong run` running and the bridge publishing? \
+             (dingdong diag lists recent unbound presses)"
+        ))),
+    }
+}

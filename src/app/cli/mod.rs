@@ -1,0 +1,293 @@
+//! The command line: clap definitions and the glue from each command to the library.
+//! Errors come back as [`CliError`] with the exit code CONTRACT.md fixes (2: bad input or
+//! could not run; 1: ran and failed).
+
+mod admin;
+mod tools;
+
+pub use tools::{daemon_signals, stop_on_signal};
+
+use crate::app::config::{Config, DEFAULT_PATH};
+use crate::store::Store;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "dingdong", version, about = "Doorbell presses to every phone of a household, through APNs")]
+pub struct Cli {
+    /// The config file (also DINGDONG_CONFIG).
+    #[arg(long, global = true, env = "DINGDONG_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run,
+    /// A tour on one machine: embedded broker, temporary database, built-in simulator.
+    Demo,
+    /// People.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Doorbells, each with exactly one owner.
+    #[command(subcommand)]
+    Doorbell(DoorbellCmd),
+    /// Share a doorbell with a user.
+    Share { id: String, user: String },
+    /// Stop sharing a doorbell with a user.
+    Unshare { id: String, user: String },
+    /// Phones (push tokens).
+    #[command(subcommand)]
+    Phone(PhoneCmd),
+    /// Pairing windows: one-time codes with which a phone joins a user.
+    #[command(subcommand)]
+    Pair(PairCmd),
+    /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
+    Ring { id: String },
+    /// One poll of the legacy feedback service; prunes as `run` does.
+    Feedback,
+    /// The built-in APNs simulator.
+    ApnsSim(SimArgs),
+    /// The field technician's check: exit 0 all good, 1 a check failed, 2 could not run.
+    Diag {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    Add {
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DoorbellCmd {
+    Add {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        owner: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        id: String,
+    },
+    /// Bind a radio button to a doorbell.
+    Bind {
+        id: String,
+        /// native, rtl_433, tasmota or zigbee2mqtt
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// With the daemon running: bind the next press of an unknown button to doorbell ID.
+    Learn {
+        id: String,
+        /// How long to wait for the press.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PhoneCmd {
+    Add {
+        user: String,
+        token: String,
+        /// The token is from a development build (APNs sandbox).
+        #[arg(long)]
+        sandbox: bool,
+        /// The app's bundle id, when it differs from apns.topic.
+        #[arg(long, value_name = "BUNDLE_ID")]
+        topic: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// `phone import USER FILE` (one token a line) or `phone import --csv FILE` (user,token).
+    Import {
+        user: Option<String>,
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["user", "file"])]
+        csv: Option<PathBuf>,
+        #[arg(long)]
+        sandbox: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Show whole tokens instead of their first 8 hex characters.
+        #[arg(long)]
+        full: bool,
+    },
+    Rm {
+        token: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PairCmd {
+    /// Open a pairing window for USER (created if new) and print its one-time code.
+    Open {
+        #[arg(long)]
+        user: String,
+        /// Share this doorbell with the user as well.
+        #[arg(long, value_name = "DOORBELL")]
+        share: Option<String>,
+        /// How long the code is valid (1 to 60).
+        #[arg(long, default_value_t = crate::codec::pairing::DEFAULT_MINUTES,
+              value_parser = clap::value_parser!(u32).range(1..=crate::codec::pairing::MAX_MINUTES as i64))]
+        minutes: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Address of the HTTP/2 provider API.
+    #[arg(long, value_name = "ADDR")]
+    pub http2: Option<std::net::SocketAddr>,
+    /// Where the CA, certificates and AuthKey are written.
+    #[arg(long, value_name = "DIR", default_value = "apns-sim")]
+    pub out: PathBuf,
+    /// Known tokens (`TOKEN [sandbox|production] [unregistered[=MS]]` a line).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Count only, record nothing: the benchmarks' accept-all mode.
+    #[arg(long)]
+    pub fast: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS to announce.
+    #[arg(long, default_value_t = 1000)]
+    pub max_streams: u32,
+    /// The bundle id named in the generated client certificate.
+    #[arg(long, default_value = "com.example.doorbell")]
+    pub topic: String,
+    /// Share (0 to 1) of notifications answered 500 or 503.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_rate: f64,
+    /// Send GOAWAY on a connection after every N requests.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub goaway_after: u64,
+    /// Delay every answer by L milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "L")]
+    pub latency_ms: u64,
+    /// Close a connection abruptly (no GOAWAY) after N requests; the legacy gateway drops one
+    /// connection, without an error-response, after N accepted notifications.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub drop_after: u64,
+    /// Address of the legacy binary gateway (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub binary: Option<std::net::SocketAddr>,
+    /// Address of the legacy feedback service (client certificate required).
+    #[arg(long, value_name = "ADDR")]
+    pub feedback: Option<std::net::SocketAddr>,
+    /// The legacy gateway answers status 10 (shutdown) once, after N accepted notifications.
+    #[arg(long, value_name = "N")]
+    pub shutdown_after: Option<u64>,
+    /// Fault: the simulator's clock (its `date` header) is off by SECS (may be negative).
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_skew: i64,
+    /// Fault: generate an already expired client certificate (new credentials only).
+    #[arg(long)]
+    pub expired_cert: bool,
+    /// Fault: generate a development (sandbox-only) client certificate, refused on the
+    /// production host with BadCertificateEnvironment (new credentials only).
+    #[arg(long)]
+    pub sandbox_cert: bool,
+}
+
+/// A command's failure, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn input(m: impl std::fmt::Display) -> CliError {
+        CliError { code: 2, message: m.to_string() }
+    }
+    pub fn failed(m: impl std::fmt::Display) -> CliError {
+        CliError { code: 1, message: m.to_string() }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::input(e)
+    }
+}
+
+impl From<crate::app::config::ConfigError> for CliError {
+    fn from(e: crate::app::config::ConfigError) -> Self {
+        CliError::input(e)
+    }
+}
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+}
+
+fn load(path: &Path) -> Result<Config, CliError> {
+    Ok(Config::load(path)?)
+}
+
+fn open_store(cfg: &Config) -> Result<Store, CliError> {
+    Ok(Store::open(&cfg.gateway.database)?)
+}
+
+/// The store of the config at `path`.
+fn open(path: &Path) -> Result<Store, CliError> {
+    open_store(&load(path)?)
+}
+
+/// Runs `fut` on a runtime: a multi-threaded one for the daemon, the demo and the simulator,
+/// the current thread for the short tools.
+fn block_on<T>(multi: bool, fut: impl std::future::Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
+    let rt = if multi {
+        tokio::runtime::Runtime::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    rt.map_err(CliError::failed)?.block_on(fut)
+}
+
+/// Runs the parsed command line: one arm per command.
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let path = cli.config_path();
+    match &cli.command {
+        Command::Run => tools::run(&path),
+        Command::Demo => block_on(true, async { crate::app::demo::run().await.map_err(CliError::failed) }),
+        Command::User(cmd) => admin::user(&path, cmd),
+        Command::Doorbell(cmd) => admin::doorbell(&path, cmd),
+        Command::Share { id, user } => admin::share(&path, id, user, true),
+        Command::Unshare { id, user } => admin::share(&path, id, user, false),
+        Command::Phone(cmd) => admin::phone(&path, cmd),
+        Command::Pair(cmd) => admin::pair(&path, cmd),
+        Command::Ring { id } => block_on(false, tools::ring(&path, id)),
+        Command::Feedback => block_on(false, tools::feedback(&path)),
+        Command::ApnsSim(args) => block_on(true, tools::apns_sim(args)),
+        Command::Diag { json } => tools::diag(&path, *json),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
