@@ -16,6 +16,7 @@ pub mod homeassistant;
 pub mod mqtt;
 pub mod outbox;
 pub mod pairing;
+pub mod push;
 pub mod ring;
 pub mod store;
 pub mod util;
