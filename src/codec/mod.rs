@@ -8,3 +8,4 @@ pub mod apns_payload;
 pub mod bridge;
 pub mod homeassistant;
 pub mod pairing;
+pub mod push;
