@@ -17,6 +17,7 @@ fn main() {
 /// ring the next ring's job (megabytes) lands in the heap, where freeing it does not give the
 /// memory back: resident memory grew about 10 MB per ring until it plateaued. A fixed
 /// threshold keeps blocks of 1 MB and more in their own mappings, returned when freed.
+#[allow(unsafe_code)] // the one allocator setting the library cannot make (it forbids unsafe)
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before any thread exists.
@@ -31,6 +32,7 @@ fn fixed_mmap_threshold() {
 }
 
 /// Hands free heap pages back to the system (after a big ring).
+#[allow(unsafe_code)] // malloc_trim: see fixed_mmap_threshold
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own heaps.

@@ -1,6 +1,7 @@
 //! The legacy binary transport end to end: real TLS with client certificates, real SQLite
 //! files, the built-in simulator in this process on 127.0.0.1:0. No sleeps as
 //! synchronisation: every wait is on an answer or a finished task.
+#![cfg(feature = "sim")]
 
 use dingdong::app::sim::{Sim, SimOptions, TokenInfo};
 use dingdong::codec::apns_binary::frames::Format;

@@ -1,6 +1,7 @@
 //! The front door never goes deaf: no message (whatever its size, topic, QoS or retained flag),
 //! no burst, no store fault and no process edge may cost a ring. Real mosquitto, real SQLite,
 //! the built-in simulator.
+#![cfg(feature = "sim")]
 
 mod util;
 
@@ -52,7 +53,7 @@ async fn oversize_messages_are_refused_without_losing_the_session(protocol: &str
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     // Waiting before the daemon's first start: a retained 70 KB bridge event, delivered at
     // every subscription.
-    obs.client.publish("rtl_433/gw/events", rumqttc::QoS::AtLeastOnce, true, vec![b'x'; 70 * 1024]).await.unwrap();
+    obs.publish_retained("rtl_433/gw/events", &vec![b'x'; 70 * 1024]).await;
     let daemon = Daemon::spawn(&cfg, d);
     obs.wait_online().await;
     // A 100 KB QoS 1 message on a pairing topic, and one above the MQTT 5 packet limit.
@@ -111,10 +112,7 @@ async fn a_retained_press_does_not_ring_at_every_reconnect() {
     household(&cfg);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     let at = dingdong::domain::now_ms() - 1000;
-    obs.client
-        .publish(format!("{PREFIX}/button/front/press"), rumqttc::QoS::AtLeastOnce, true, format!("{{\"at\":{at}}}"))
-        .await
-        .unwrap();
+    obs.publish_retained(&format!("{PREFIX}/button/front/press"), format!("{{\"at\":{at}}}").as_bytes()).await;
     let daemon = Daemon::spawn(&cfg, d);
     obs.wait_online().await;
     rings(&mut obs).await;

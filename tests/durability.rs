@@ -1,5 +1,6 @@
 //! Faults: a crash mid-ring, a broker restart, presses while the daemon is down, Apple's bad
 //! days, expiry. Every phone that should ring rings, within the ring's expiry.
+#![cfg(feature = "sim")]
 
 mod util;
 

@@ -1,6 +1,7 @@
 //! The field kit through real parts: `dingdong diag` against a healthy setup and eight
 //! injected faults; the radio bridges' own payloads (and the real `rtl_433`) ringing bound
 //! doorbells through mosquitto; `doorbell learn`; Home Assistant discovery.
+#![cfg(feature = "sim")]
 
 mod util;
 

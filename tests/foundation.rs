@@ -1,5 +1,6 @@
 //! The whole path of a ring through real parts: mosquitto, the `dingdong` binary, SQLite
 //! files, TLS, and the built-in APNs simulator.
+#![cfg(feature = "sim")]
 
 mod util;
 

@@ -1,6 +1,7 @@
 //! Pairing and signed phone requests through real parts: mosquitto, the `dingdong` binary as
 //! a child process, its SQLite file, and the built-in APNs simulator counting deliveries.
 //! Every reply is awaited on the broker with a timeout; nothing sleeps to synchronise.
+#![cfg(feature = "sim")]
 
 mod util;
 

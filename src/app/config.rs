@@ -364,6 +364,14 @@ impl Config {
                 "write mqtt://HOST:PORT, mqtts://HOST:PORT or \"embedded\"",
             ));
         }
+        #[cfg(not(feature = "embedded-broker"))]
+        if self.mqtt.url == "embedded" {
+            return Err(self.err(
+                "mqtt.url",
+                "this build has no embedded broker (built without the `embedded-broker` feature)",
+                "point it at the gateway's broker, e.g. \"mqtt://127.0.0.1:1883\"",
+            ));
+        }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return Err(self.err(
                 "mqtt.client_id",

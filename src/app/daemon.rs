@@ -126,8 +126,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
 
     let mut cfg = cfg;
     if cfg.mqtt.url == "embedded" {
-        let addr = crate::app::broker::start_embedded(([127, 0, 0, 1], 1883).into()).map_err(DaemonError::Other)?;
-        cfg.mqtt.url = format!("mqtt://{addr}");
+        cfg.mqtt.url = embedded_broker()?;
     }
     let stop = control.stop.clone();
     let tracker = TaskTracker::new();
@@ -228,6 +227,18 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
         "stopped"
     );
     Ok(())
+}
+
+/// Starts the embedded broker; its `mqtt://` address.
+#[cfg(feature = "embedded-broker")]
+fn embedded_broker() -> Result<String, DaemonError> {
+    let addr = crate::app::broker::start_embedded(([127, 0, 0, 1], 1883).into()).map_err(DaemonError::Other)?;
+    Ok(format!("mqtt://{addr}"))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn embedded_broker() -> Result<String, DaemonError> {
+    Err(DaemonError::Other("mqtt.url = \"embedded\": this build has no embedded broker (built without the `embedded-broker` feature); point mqtt.url at a broker".into()))
 }
 
 async fn recv(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {

@@ -2,6 +2,7 @@
 //! Mozilla's roots plus an optional extra CA, an optional client certificate, the ring provider.
 
 use super::apns::auth::ClientIdentity;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use std::path::Path;
@@ -26,7 +27,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE)
         .map_err(|e| TlsError::CaFile { path: path.display().to_string(), reason: e.to_string() })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &data[..]).filter_map(Result::ok).collect();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data).filter_map(Result::ok).collect();
     if certs.is_empty() {
         return Err(TlsError::NoCa { path: path.display().to_string() });
     }

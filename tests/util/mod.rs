@@ -300,6 +300,9 @@ pub struct Observer {
     subscribed: mpsc::UnboundedReceiver<()>,
 }
 
+// The observer plays a bridge and a phone: it publishes with its own client (the daemon's
+// rule of one publisher is for the daemon).
+#[allow(clippy::disallowed_methods)]
 impl Observer {
     pub async fn connect(port: u16, filters: &[&str]) -> Observer {
         let mut o = MqttOptions::new(format!("observer-{}", free_port()), "127.0.0.1", port);
@@ -379,6 +382,11 @@ impl Observer {
 
     pub async fn publish(&self, topic: &str, payload: &[u8]) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.unwrap();
+    }
+
+    /// Publishes a retained message (a bridge that retains, a stale state).
+    pub async fn publish_retained(&self, topic: &str, payload: &[u8]) {
+        self.client.publish(topic, QoS::AtLeastOnce, true, payload.to_vec()).await.unwrap();
     }
 }
 

@@ -274,7 +274,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     let path = cli.config_path();
     match &cli.command {
         Command::Run => tools::run(&path),
-        Command::Demo => block_on(true, async { crate::app::demo::run().await.map_err(CliError::failed) }),
+        Command::Demo => demo(),
         Command::User(cmd) => admin::user(&path, cmd),
         Command::Doorbell(cmd) => admin::doorbell(&path, cmd),
         Command::Share { id, user } => admin::share(&path, id, user, true),
@@ -286,6 +286,16 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::ApnsSim(args) => block_on(true, tools::apns_sim(args)),
         Command::Diag { json } => tools::diag(&path, *json),
     }
+}
+
+#[cfg(all(feature = "sim", feature = "embedded-broker"))]
+fn demo() -> Result<(), CliError> {
+    block_on(true, async { crate::app::demo::run().await.map_err(CliError::failed) })
+}
+
+#[cfg(not(all(feature = "sim", feature = "embedded-broker")))]
+fn demo() -> Result<(), CliError> {
+    Err(CliError::input("this build has no demo (built without the `sim` and `embedded-broker` features)"))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {

@@ -80,6 +80,12 @@ pub async fn feedback(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+#[cfg(not(feature = "sim"))]
+pub async fn apns_sim(_: &SimArgs) -> Result<(), CliError> {
+    Err(CliError::input("this build has no simulator (built without the `sim` feature)"))
+}
+
+#[cfg(feature = "sim")]
 pub async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
     if args.http2.is_none() && args.binary.is_none() && args.feedback.is_none() {
         return Err(CliError::input(

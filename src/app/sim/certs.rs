@@ -6,6 +6,7 @@
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use rand::Rng;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -179,7 +180,7 @@ impl SimCredentials {
         let chain = crate::net::tls::read_pem_certs(&self.server_cert).map_err(|e| e.to_string())?;
         let key_pem = std::fs::read(&self.server_key).map_err(|e| e.to_string())?;
         let key: PrivateKeyDer =
-            rustls_pemfile::private_key(&mut &key_pem[..]).ok().flatten().ok_or("simulator server key unreadable")?;
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| "simulator server key unreadable")?;
         let mut roots = RootCertStore::empty();
         for c in crate::net::tls::read_pem_certs(&self.ca_file).map_err(|e| e.to_string())? {
             roots.add(c).map_err(|e| e.to_string())?;

@@ -8,6 +8,7 @@ use base64::Engine;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::DecodePrivateKey;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -165,13 +166,12 @@ impl ClientIdentity {
     }
 
     pub fn from_pem(cert_file: &Path, key_file: &Path) -> Result<ClientIdentity, AuthError> {
-        let certs: Vec<_> = rustls_pemfile::certs(&mut &read(cert_file)?[..]).filter_map(Result::ok).collect();
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&read(cert_file)?).filter_map(Result::ok).collect();
         if certs.is_empty() {
             return Err(AuthError::NoCert { path: cert_file.display().to_string() });
         }
-        let key = rustls_pemfile::private_key(&mut &read(key_file)?[..])
+        let key = PrivateKeyDer::from_pem_slice(&read(key_file)?)
             .ok()
-            .flatten()
             .ok_or_else(|| AuthError::NoKey { path: key_file.display().to_string() })?;
         Ok(ClientIdentity { chain: certs, key })
     }
