@@ -31,9 +31,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The largest packet the broker may send us under MQTT 5 (Maximum Packet Size).
 pub const MAX_PACKET: u32 = 256 * 1024;
-/// The largest payload handed on with its bytes; nothing legitimate comes close (bridge
-/// events and pairing messages are a few hundred bytes).
-pub const MAX_MESSAGE: usize = 16 * 1024;
+/// The largest payload handed on with its bytes: bridge events and presses are a few hundred
+/// bytes, the largest legitimate message (a pairing finish with four offers) stays under 40 KB.
+/// With the intake's channel of 256 messages, at most 16 MB wait in memory even in a flood.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// MQTT's own upper bound on a packet (the remaining length's 4-byte varint).
 const PROTOCOL_MAX_PACKET: usize = 268_435_455;
 /// How long an MQTT 5 session outlives a disconnect on the broker (its queued presses too).
