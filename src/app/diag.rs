@@ -520,7 +520,7 @@ async fn broker(cfg: &Config, checks: &mut Vec<Check>) {
         }
         Err(e) => checks.push(Check::fail(
             "broker",
-            e,
+            e.to_string(),
             "broker down",
             format!("start the broker (systemctl start mosquitto) or fix mqtt.url = \"{}\"", cfg.mqtt.url),
         )),
@@ -554,7 +554,12 @@ fn certificate(cfg: &Config, checks: &mut Vec<Check>) {
     let info = match crate::net::apns::certinfo::parse(&der) {
         Ok(i) => i,
         Err(e) => {
-            checks.push(Check::fail("certificate", e, "certificate unreadable", "re-export the push certificate"));
+            checks.push(Check::fail(
+                "certificate",
+                e.to_string(),
+                "certificate unreadable",
+                "re-export the push certificate",
+            ));
             return;
         }
     };

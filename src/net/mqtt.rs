@@ -53,6 +53,8 @@ pub enum MqttError {
     Tls(#[from] crate::net::tls::TlsError),
     #[error("the MQTT client has stopped")]
     Closed,
+    #[error("broker {broker}: {reason}")]
+    Broker { broker: String, reason: String },
 }
 
 /// Which MQTT version to speak.
@@ -546,14 +548,15 @@ pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
 /// Connects (3.1.1, clean session), publishes one QoS 1 message, waits for the broker's
 /// PubAck and disconnects: what `dingdong ring` does. The event loop is polled here; the
 /// client is never awaited.
-pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8>) -> Result<(), String> {
+pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8>) -> Result<(), MqttError> {
     let broker = settings.broker();
+    let fail = |reason: String| MqttError::Broker { broker: broker.clone(), reason };
     let mut opts = settings.v4_options();
     opts.set_clean_session(true);
     opts.set_manual_acks(false);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
     no_delay(&mut eventloop);
-    client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string())?;
+    client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| fail(e.to_string()))?;
     let done = async {
         loop {
             match eventloop.poll().await {
@@ -562,13 +565,13 @@ pub async fn publish_once(settings: MqttSettings, topic: String, payload: Vec<u8
                 }
                 Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(format!("broker {broker}: {e}")),
+                Err(e) => return Err(fail(e.to_string())),
             }
         }
     };
     tokio::time::timeout(Duration::from_secs(10), done)
         .await
-        .map_err(|_| format!("broker {broker} did not acknowledge the press within 10s"))?
+        .map_err(|_| fail("did not acknowledge the press within 10s".into()))?
 }
 
 /// What diag's broker check learnt.
@@ -589,8 +592,9 @@ pub async fn round_trip(
     probe: String,
     status_topic: String,
     timeout: Duration,
-) -> Result<RoundTrip, String> {
+) -> Result<RoundTrip, MqttError> {
     let broker = settings.broker();
+    let fail = |reason: String| MqttError::Broker { broker: broker.clone(), reason };
     let mut opts = settings.v4_options();
     opts.set_clean_session(true);
     opts.set_manual_acks(false);
@@ -600,16 +604,18 @@ pub async fn round_trip(
     let work = async {
         let (mut connect_ms, mut sent_at, mut status) = (0.0, None, None);
         loop {
-            match eventloop.poll().await.map_err(|e| format!("broker {broker}: {e}"))? {
+            match eventloop.poll().await.map_err(|e| fail(e.to_string()))? {
                 rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
                     connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
                     let filters =
                         [&status_topic, &probe].map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
-                    client.try_subscribe_many(filters).map_err(|e| e.to_string())?;
+                    client.try_subscribe_many(filters).map_err(|e| fail(e.to_string()))?;
                 }
                 rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
                     sent_at = Some(std::time::Instant::now());
-                    client.try_publish(probe.clone(), QoS::AtMostOnce, false, "diag").map_err(|e| e.to_string())?;
+                    client
+                        .try_publish(probe.clone(), QoS::AtMostOnce, false, "diag")
+                        .map_err(|e| fail(e.to_string()))?;
                 }
                 rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic == status_topic => {
                     status = serde_json::from_slice(&p.payload).ok();
@@ -625,5 +631,5 @@ pub async fn round_trip(
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("broker {broker}: no round trip within {}s", timeout.as_secs()))?
+        .map_err(|_| fail(format!("no round trip within {}s", timeout.as_secs())))?
 }

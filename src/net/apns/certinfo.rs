@@ -16,9 +16,14 @@ pub struct CertInfo {
     pub environment: Option<Environment>,
 }
 
+/// Why a certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("not an X.509 certificate: {0}")]
+pub struct CertError(String);
+
 /// Parses one DER certificate.
-pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
-    let cert = x509_cert::Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+pub fn parse(der: &[u8]) -> Result<CertInfo, CertError> {
+    let cert = x509_cert::Certificate::from_der(der).map_err(|e| CertError(e.to_string()))?;
     let tbs = &cert.tbs_certificate;
     let not_after = tbs.validity.not_after.to_unix_duration().as_secs() as i64;
     let subject = tbs.subject.to_string();
