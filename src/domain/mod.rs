@@ -2,6 +2,7 @@
 //! and each phone's outcome, button presses, ids, the clock. Imports nothing of ours.
 
 pub mod files;
+pub mod household;
 pub mod ids;
 pub mod mem;
 pub mod outcome;
