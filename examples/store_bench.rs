@@ -52,7 +52,7 @@ fn main() {
             .map(|(seq, p)| OutcomeRow {
                 seq: seq as i64,
                 phone_id: p.phone_id,
-                token: p.token.clone(),
+                address: p.address.clone(),
                 outcome: Outcome::Delivered,
             })
             .collect();

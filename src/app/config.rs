@@ -4,6 +4,9 @@
 //! the fix. It reads the config file and, in [`Config::check_files`], checks that the files the
 //! config names can be read; it opens no sockets and no database.
 
+mod push;
+
+pub use push::{Fcm, WebPush};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,10 @@ pub struct Config {
     pub pairing: Pairing,
     #[serde(default)]
     pub log: Log,
+    /// Android phones (FCM HTTP v1), when set.
+    pub fcm: Option<Fcm>,
+    /// Browsers (Web Push), when set.
+    pub webpush: Option<WebPush>,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -262,7 +269,7 @@ impl Default for Ring {
 fn default_keep_alive() -> Span {
     Span(Duration::from_secs(30))
 }
-fn default_request_timeout() -> Span {
+pub(crate) fn default_request_timeout() -> Span {
     Span(Duration::from_secs(10))
 }
 fn default_max_streams() -> u32 {
@@ -350,6 +357,7 @@ impl Config {
                 p.iter_mut().for_each(fix);
             }
         }
+        self.resolve_push_paths(base);
     }
 
     /// Checks what serde cannot: value ranges, combinations, URL shapes.
@@ -529,7 +537,7 @@ impl Config {
         if self.ring.debounce.0 >= self.ring.expiry.0 {
             return Err(self.err("ring.debounce", "must be shorter than ring.expiry", "use a few seconds: \"3s\""));
         }
-        Ok(())
+        self.validate_push()
     }
 
     /// Where the pair button's code goes: `pairing.code_file`, or beside the database.
@@ -570,6 +578,7 @@ impl Config {
                 }
             }
         }
+        files.extend(self.push_files());
         for (key, path, fix) in files {
             if let Err(e) = crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE) {
                 return Err(self.err(key, format!("cannot read {}: {e}", path.display()), fix));
@@ -598,6 +607,7 @@ impl Config {
                 }
             }
         }
+        v.extend(self.push_secret_files());
         v
     }
 
@@ -694,10 +704,10 @@ pub fn parse_https_endpoint(url: &str) -> Option<(String, u16)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [gateway]
 id = "gw-1"
 database = "state/dingdong.db"
@@ -718,7 +728,7 @@ expiry = "5m"
 debounce = "3s"
 "#;
 
-    fn parse(t: &str) -> Result<Config, String> {
+    pub(super) fn parse(t: &str) -> Result<Config, String> {
         Config::parse(t, Path::new("/etc/dd/config.toml")).map_err(|e| e.to_string())
     }
 

@@ -11,7 +11,7 @@ pub mod time;
 pub mod token;
 
 pub use ids::check_id;
-pub use outcome::{Message, Outcome, Reason, Target};
+pub use outcome::{short_endpoint, Address, Message, Notice, Outcome, Platform, Reason, Target, WebPushKeys};
 pub use press::{ButtonPress, Source};
 pub use time::{now_ms, now_us};
 pub use token::{normalize_token, short_token, Environment, Token, TokenError, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES};

@@ -1,15 +1,20 @@
 //! Delivery of persisted ring jobs: send every pending phone, record outcomes in batched
-//! transactions, retry what Apple (or the network) asked us to retry with exponential
-//! backoff and jitter, never past the ring's expiry, and publish the ring's outcome.
+//! transactions, retry what the push service (or the network) asked us to retry with
+//! exponential backoff and jitter, never past the ring's expiry, and publish the ring's
+//! outcome.
 //!
-//! The job and each phone's state are in SQLite before the first send (see `store::rings`),
-//! so a crash leaves exactly the unanswered phones pending for the next start. Talks to no
-//! APNs server itself: a [`Transport`] does.
+//! A ring's phones are split by platform (and, for iPhones, by app topic); every share goes
+//! out at the same time through its transport ([`Transports`]: APNs, FCM, Web Push) and is
+//! retried on its own. The job and each phone's state are in SQLite before the first send
+//! (see `store::rings`), so a crash leaves exactly the unanswered phones pending for the next
+//! start. Talks to no push service itself: the transports do.
 
 use crate::codec::apns_payload::ring_payload;
-use crate::domain::{Message, Outcome, Target};
+use crate::domain::{Message, Notice, Outcome, Platform, Reason, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
+use crate::net::fcm::FcmClient;
+use crate::net::webpush::WebPushClient;
 use crate::service::publisher::Publisher;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
@@ -33,15 +38,84 @@ const DETAIL_LIMIT: usize = 100;
 const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What one delivery's rounds share: the transport and retry policy it started with.
+/// What one delivery's rounds share: the retry policy it started with.
 struct Round<'a> {
-    transport: &'a Transport,
     retry: RetryPolicy,
     stop: &'a CancellationToken,
 }
 
-/// The phones of a ring that share an app topic: their targets and places in the job.
-type TopicGroup = (Option<String>, Arc<Vec<Target>>, Vec<i64>);
+/// The phones of a ring that share a platform and, for iPhones, an app topic: their targets
+/// and places in the job.
+type Group = (Share, Arc<Vec<Target>>, Vec<i64>);
+
+/// Which kind of phones a [`Group`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Share {
+    /// iPhones of one app topic (`None`: `apns.topic`).
+    Apns(Option<String>),
+    Fcm,
+    WebPush,
+}
+
+/// One share of a ring and the transport that sends it.
+enum Route {
+    Apns(Transport, Arc<Message>),
+    Fcm(FcmClient, Arc<Notice>),
+    WebPush(WebPushClient, Arc<Notice>),
+    /// Phones of a platform this configuration has no transport for: each fails at once.
+    Unconfigured(Platform),
+}
+
+impl Route {
+    async fn send(
+        &self,
+        targets: Arc<Vec<Target>>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) {
+        match self {
+            Route::Apns(t, msg) => t.send(msg.clone(), targets, out, stop).await,
+            Route::Fcm(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::WebPush(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::Unconfigured(p) => {
+                for i in 0..targets.len() {
+                    let _ = out.send((i, Outcome::Failed { reason: Reason::Unconfigured(*p), status: 0 }));
+                }
+            }
+        }
+    }
+}
+
+/// Every push transport a daemon runs with: APNs always, FCM and Web Push when configured.
+#[derive(Clone)]
+pub struct Transports {
+    pub apns: Transport,
+    pub fcm: Option<FcmClient>,
+    pub webpush: Option<WebPushClient>,
+}
+
+impl From<Transport> for Transports {
+    fn from(apns: Transport) -> Transports {
+        Transports { apns, fcm: None, webpush: None }
+    }
+}
+
+impl Transports {
+    /// The transports stopped by a refusal of our credentials, with the reason.
+    pub fn stopped(&self) -> Vec<(Platform, Reason)> {
+        let mut v = Vec::new();
+        if let Some(r) = self.apns.stopped() {
+            v.push((Platform::Apns, r));
+        }
+        if let Some(r) = self.fcm.as_ref().and_then(FcmClient::stopped) {
+            v.push((Platform::Fcm, r));
+        }
+        if let Some(r) = self.webpush.as_ref().and_then(WebPushClient::stopped) {
+            v.push((Platform::Webpush, r));
+        }
+        v
+    }
+}
 
 /// The APNs transport a daemon runs with.
 #[derive(Clone)]
@@ -129,9 +203,9 @@ pub struct Latency {
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
-    /// The transport and settings of new deliveries; a reload swaps them, and a delivery
+    /// The transports and settings of new deliveries; a reload swaps them, and a delivery
     /// under way keeps the ones it started with.
-    current: Arc<RwLock<(Transport, OutboxSettings)>>,
+    current: Arc<RwLock<(Transports, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
 }
@@ -139,27 +213,32 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(
         store: StoreHandle,
-        transport: Transport,
+        transports: impl Into<Transports>,
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
-        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher }
+        Outbox { store, current: Arc::new(RwLock::new((transports.into(), settings))), publisher }
     }
 
-    /// The transport new deliveries use.
+    /// The APNs transport new deliveries use.
     pub fn transport(&self) -> Transport {
+        self.current.read().expect("outbox lock").0.apns.clone()
+    }
+
+    /// Every transport new deliveries use.
+    pub fn transports(&self) -> Transports {
         self.current.read().expect("outbox lock").0.clone()
     }
 
-    /// Replaces the transport and settings for deliveries started from now on (a reload).
-    pub fn replace(&self, transport: Transport, settings: OutboxSettings) {
-        *self.current.write().expect("outbox lock") = (transport, settings);
+    /// Replaces the transports and settings for deliveries started from now on (a reload).
+    pub fn replace(&self, transports: impl Into<Transports>, settings: OutboxSettings) {
+        *self.current.write().expect("outbox lock") = (transports.into(), settings);
     }
 
     /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
     /// (then the unanswered phones stay pending in the database for the next start).
     pub async fn deliver(&self, mut job: RingJob, stop: CancellationToken) -> Option<RingReport> {
-        let (transport, settings) = self.current.read().expect("outbox lock").clone();
+        let (transports, settings) = self.current.read().expect("outbox lock").clone();
         let payload = match ring_payload(&job.doorbell_id, &job.doorbell_name, &job.ring_id, &settings.sound) {
             Ok(p) => p,
             Err(e) => {
@@ -167,35 +246,58 @@ impl Outbox {
                 return None;
             }
         };
-        // One message per app topic (nearly always one). The job's targets go to the
-        // transport as they are, shared, not copied: a 120,000-phone ring holds each token once.
         let phones = std::mem::take(&mut job.phones);
-        let groups: Vec<TopicGroup> = match &phones.topics {
-            Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), (0..phones.len() as i64).collect())],
-            Topics::PerPhone(topics) => {
-                let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
-                for (seq, (t, topic)) in phones.targets.iter().zip(topics.iter()).enumerate() {
-                    let (targets, seqs) = by_topic.entry(topic.clone()).or_default();
-                    seqs.push(seq as i64);
-                    targets.push(t.clone());
-                }
-                by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
-            }
-        };
+        let groups = split(&phones);
         drop(phones);
-        let mut latency = Latency::default();
-        for (topic, targets, seqs) in groups {
-            let msg = Arc::new(Message {
-                topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
-                payload: payload.clone(),
-                expiration: (job.expires_at / 1000).max(0) as u64,
-                collapse_id: job.doorbell_id.as_str().into(),
-                priority: 10,
-            });
-            let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency).await {
-                return None; // stopping: the rest stays pending
+        let notice = Arc::new(Notice {
+            ring_id: job.ring_id.as_str().into(),
+            doorbell_id: job.doorbell_id.as_str().into(),
+            doorbell_name: job.doorbell_name.as_str().into(),
+            pressed_at: job.pressed_at,
+            expires_at: job.expires_at,
+        });
+        let route = |share: Share| match share {
+            Share::Apns(topic) => Route::Apns(
+                transports.apns.clone(),
+                Arc::new(Message {
+                    topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
+                    payload: payload.clone(),
+                    expiration: (job.expires_at / 1000).max(0) as u64,
+                    collapse_id: job.doorbell_id.as_str().into(),
+                    priority: 10,
+                }),
+            ),
+            Share::Fcm => match &transports.fcm {
+                Some(c) => Route::Fcm(c.clone(), notice.clone()),
+                None => Route::Unconfigured(Platform::Fcm),
+            },
+            Share::WebPush => match &transports.webpush {
+                Some(c) => Route::WebPush(c.clone(), notice.clone()),
+                None => Route::Unconfigured(Platform::Webpush),
+            },
+        };
+        // Every share at once, each retried on its own; the ring is done when all are.
+        let round = Round { retry: settings.retry, stop: &stop };
+        let shares = groups.into_iter().map(|(share, targets, seqs)| {
+            let (route, job, round) = (route(share), &job, &round);
+            async move {
+                let mut latency = Latency::default();
+                let settled = self.send_until_settled(job, &route, targets, seqs, round, &mut latency).await;
+                (settled, latency)
             }
+        });
+        let mut latency = Latency::default();
+        let mut settled = true;
+        for (ok, l) in futures_util::future::join_all(shares).await {
+            settled &= ok;
+            latency.first = match (latency.first, l.first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            latency.all = latency.all.max(l.all);
+        }
+        if !settled {
+            return None; // stopping: the rest stays pending
         }
         let ring = job.ring_id.clone();
         let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
@@ -269,7 +371,7 @@ impl Outbox {
     async fn send_until_settled(
         &self,
         job: &RingJob,
-        msg: Arc<Message>,
+        route: &Route,
         mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
         round: &Round<'_>,
@@ -288,7 +390,7 @@ impl Outbox {
             let targets = pending;
             let job_seqs = std::mem::take(&mut seqs);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let send = round.transport.send(msg.clone(), targets.clone(), tx, stop);
+            let send = route.send(targets.clone(), tx, stop);
             let record = async {
                 let mut retry = Vec::new();
                 let mut hint = None;
@@ -323,7 +425,7 @@ impl Outbox {
                                     outcome => batch.push(OutcomeRow {
                                         seq: job_seqs[i],
                                         phone_id: targets[i].phone_id,
-                                        token: targets[i].token.clone(),
+                                        address: targets[i].address.clone(),
                                         outcome,
                                     }),
                                 }
@@ -410,6 +512,34 @@ impl Outbox {
             }
         }
     }
+}
+
+/// A ring's phones by share: one group per platform, and per app topic for iPhones (nearly
+/// always one). A ring of one share hands the job's targets over as they are, shared, not
+/// copied: a 120,000-phone ring holds each token once.
+fn split(phones: &crate::store::rings::Recipients) -> Vec<Group> {
+    let topic_of = |seq: usize| match &phones.topics {
+        Topics::Same(t) => t.clone(),
+        Topics::PerPhone(ts) => ts[seq].clone(),
+    };
+    let share_of = |seq: usize, t: &Target| match t.platform() {
+        Platform::Apns => Share::Apns(topic_of(seq)),
+        Platform::Fcm => Share::Fcm,
+        Platform::Webpush => Share::WebPush,
+    };
+    let Some(first) = phones.targets.first() else { return Vec::new() };
+    let one = share_of(0, first);
+    let same_platform = phones.targets.iter().all(|t| t.platform() == first.platform());
+    if same_platform && (first.platform() != Platform::Apns || matches!(phones.topics, Topics::Same(_))) {
+        return vec![(one, phones.targets.clone(), (0..phones.len() as i64).collect())];
+    }
+    let mut by_share: HashMap<Share, (Vec<Target>, Vec<i64>)> = HashMap::new();
+    for (seq, t) in phones.targets.iter().enumerate() {
+        let (targets, seqs) = by_share.entry(share_of(seq, t)).or_default();
+        seqs.push(seq as i64);
+        targets.push(t.clone());
+    }
+    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), seqs)).collect()
 }
 
 #[cfg(test)]

@@ -10,13 +10,14 @@ pub mod files;
 pub mod handle;
 pub mod import;
 pub mod pairing;
+pub mod phones;
 pub mod presses;
 pub mod rings;
 pub mod schema;
 
 pub use handle::StoreHandle;
 
-use crate::domain::{normalize_token, Environment, TokenError};
+use crate::domain::{Environment, TokenError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -67,6 +68,9 @@ pub struct DoorbellRow {
 pub struct PhoneRow {
     pub id: i64,
     pub user: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub platform: String,
+    /// The APNs token in hex, the FCM token, or the Web Push endpoint.
     pub token: String,
     pub environment: String,
     pub topic: Option<String>,
@@ -325,23 +329,19 @@ impl Store {
         topic: Option<&str>,
         name: Option<&str>,
     ) -> Result<Upsert> {
-        let token = normalize_token(raw_token)?;
-        let uid = self.user_id(user)?;
-        let tx = self.conn.transaction()?;
-        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
-        tx.commit()?;
-        Ok(r)
+        self.register_phone(user, &phones::Registration::apns(raw_token, env)?, topic, name)
     }
 
     pub fn list_phones(&self) -> Result<Vec<PhoneRow>> {
         let mut st = self.conn.prepare(
-            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome
+            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome, p.platform
              FROM phones p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.id",
         )?;
         let rows = st.query_map([], |r| {
             Ok(PhoneRow {
                 id: r.get(0)?,
                 user: r.get(1)?,
+                platform: r.get(8)?,
                 token: r.get(2)?,
                 environment: r.get(3)?,
                 topic: r.get(4)?,
@@ -353,17 +353,10 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Removes every registration of a token; returns how many.
+    /// Removes every registration of a token (APNs, FCM, or a Web Push endpoint or
+    /// subscription); returns how many.
     pub fn remove_phone(&mut self, raw_token: &str) -> Result<usize> {
-        let token = normalize_token(raw_token)?;
-        let n = self.conn.execute("DELETE FROM phones WHERE token = ?1", [&token])?;
-        if n == 0 {
-            return Err(StoreError::NotFound {
-                kind: "phone with token",
-                id: crate::domain::short_token(&token).to_string() + "…",
-            });
-        }
-        Ok(n)
+        self.unregister_phone(raw_token)
     }
 
     /// The phones a press of `doorbell` reaches: the owner's and every shared user's, each
@@ -411,9 +404,9 @@ mod tests {
         s.add_phone("friend", &tok(1), Environment::Production, None, None).unwrap();
         s.add_phone("outsider", &tok(4), Environment::Production, None, None).unwrap();
         let r = s.recipients("front").unwrap();
-        let tokens: Vec<String> = r.iter().map(|r| r.token.hex()).collect();
+        let tokens: Vec<String> = r.iter().map(|r| r.address.key()).collect();
         assert_eq!(tokens, vec![tok(1), tok(2), tok(3)]);
-        assert_eq!(r[1].environment, Environment::Sandbox);
+        assert_eq!(r[1].address.environment(), Environment::Sandbox);
         s.unshare("front", "friend").unwrap();
         assert_eq!(s.recipients("front").unwrap().len(), 2);
     }

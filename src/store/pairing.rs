@@ -7,7 +7,7 @@
 //! the key itself, and a hash used as the key would be the key. The database file is the
 //! gateway's crown jewel either way (whoever can write it can add a phone directly).
 
-use super::{import, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use crate::codec::pairing::wire::{Action, ErrorCode, PairRequest, Refusal, SignedRequest};
 use crate::codec::pairing::{self, Code, Limits, RateLimit, Redeem, VerifyError, Window};
 use crate::domain::Environment;
@@ -258,15 +258,8 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        let phone_id = match import::upsert_phone(
-            &tx,
-            uid,
-            &req.token,
-            req.environment,
-            Some(&req.topic),
-            req.name.as_deref(),
-            now,
-        )? {
+        let reg = super::phones::Registration::Apns { token: req.token.clone(), environment: req.environment };
+        let phone_id = match super::phones::upsert(&tx, uid, &reg, Some(&req.topic), req.name.as_deref(), now)? {
             super::Upsert::Added(id) | super::Upsert::Updated(id) => id,
         };
         let secret = pairing::new_secret();
@@ -534,7 +527,7 @@ mod tests {
         };
         let r = replace(&a.secret, a.phone_id, &tok(3), "nonce-000000000001", now);
         assert!(matches!(s.phone_request(&r, &lim, now).unwrap(), Ok(PhoneDone::Token { .. })));
-        assert_eq!(s.recipients("front").unwrap()[0].token.hex(), tok(3).as_str());
+        assert_eq!(s.recipients("front").unwrap()[0].address.key(), tok(3).as_str());
         // Replayed.
         let e = s.phone_request(&r, &lim, now + 1).unwrap().err().unwrap();
         assert_eq!(e.error, ErrorCode::Replayed);
@@ -552,8 +545,8 @@ mod tests {
         let r = replace(&a.secret, a.phone_id, &tok(2), "nonce-000000000006", now);
         assert_eq!(s.phone_request(&r, &lim, now).unwrap().err().unwrap().error, ErrorCode::Conflict);
         // Nothing of that changed anything.
-        assert_eq!(s.recipients("back").unwrap()[0].token.hex(), tok(2).as_str());
-        assert_eq!(s.recipients("front").unwrap()[0].token.hex(), tok(3).as_str());
+        assert_eq!(s.recipients("back").unwrap()[0].address.key(), tok(2).as_str());
+        assert_eq!(s.recipients("front").unwrap()[0].address.key(), tok(3).as_str());
         // Unknown phone.
         let r = signed(999, &a.secret, "unpair", serde_json::json!({}), now, "nonce-000000000007");
         assert_eq!(s.phone_request(&r, &lim, now).unwrap().err().unwrap().error, ErrorCode::Unauthorized);

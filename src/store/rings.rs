@@ -3,7 +3,7 @@
 //! in batches; pruning honours re-registration.
 
 use super::{Result, Store};
-use crate::domain::{Environment, Outcome, Target, Token};
+use crate::domain::{Address, Environment, Outcome, Platform, Target, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::sync::Arc;
@@ -39,8 +39,8 @@ pub struct RingJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPhone {
     pub phone_id: i64,
-    pub token: Token,
-    pub environment: Environment,
+    pub address: Address,
+    /// The app's bundle id, for an iPhone whose app differs from `apns.topic`.
     pub topic: Option<String>,
 }
 
@@ -78,10 +78,8 @@ impl Recipients {
         } else {
             Topics::PerPhone(Arc::new(phones.iter().map(|p| p.topic.clone()).collect()))
         };
-        let mut targets: Vec<Target> = phones
-            .into_iter()
-            .map(|p| Target { phone_id: p.phone_id, token: p.token, environment: p.environment })
-            .collect();
+        let mut targets: Vec<Target> =
+            phones.into_iter().map(|p| Target { phone_id: p.phone_id, address: p.address }).collect();
         // Collected in place, the buffer keeps the size of the phones; hand the rest back.
         targets.shrink_to_fit();
         Recipients { targets: Arc::new(targets), topics }
@@ -132,10 +130,12 @@ pub struct RingSummary {
     pub expired: i64,
 }
 
-/// One phone's line of a ring outcome (published with the token shortened to 8 hex characters).
+/// One phone's line of a ring outcome (published with the token shortened: 8 characters of a
+/// token, the host and 8 characters of a Web Push endpoint).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PhoneOutcome {
     pub phone_id: i64,
+    pub platform: Platform,
     pub token: String,
     pub environment: String,
     pub state: String,
@@ -160,33 +160,54 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
         total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
     }
     let mut st = conn.prepare_cached(
-        "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id",
+        "SELECT id, token, environment, topic, platform, subscription FROM phones INDEXED BY phones_user
+         WHERE user_id = ?1 ORDER BY id",
     )?;
     let mut phones = Vec::with_capacity(total);
     for user in &users {
         let mut rows = st.query([user])?;
         while let Some(r) = rows.next()? {
-            let hex = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            let Some(token) = Token::from_hex(hex) else {
+            let Some(address) = address_of(r)? else {
                 // Every way in validates tokens; a row edited by hand is skipped, not sent.
-                tracing::warn!(phone = r.get::<_, i64>(0)?, "a phone's token in the database is not hex: skipped");
+                tracing::warn!(phone = r.get::<_, i64>(0)?, "a phone's token in the database is not usable: skipped");
                 continue;
             };
-            phones.push(JobPhone {
-                phone_id: r.get(0)?,
-                token,
-                environment: Environment::parse(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)
-                    .unwrap_or(Environment::Production),
-                topic: r.get(3)?,
-            });
+            phones.push(JobPhone { phone_id: r.get(0)?, address, topic: r.get(3)? });
         }
     }
     if users.len() > 1 {
         phones.sort_unstable_by_key(|p| p.phone_id);
         let mut seen = std::collections::HashSet::with_capacity(phones.len());
-        phones.retain(|p| seen.insert(p.token.clone()));
+        phones.retain(|p| seen.insert(p.address.clone()));
     }
     Ok(phones)
+}
+
+/// The address of a phones row read as `id, token, environment, topic, platform, subscription`;
+/// `None` for a row no way in would have written (edited by hand).
+fn address_of(r: &rusqlite::Row) -> Result<Option<Address>> {
+    let text = |i| r.get_ref(i).and_then(|v| v.as_str().map_err(rusqlite::Error::from));
+    let token = text(1)?;
+    Ok(match text(4)? {
+        "apns" => Token::from_hex(token).map(|token| Address::Apns {
+            token,
+            environment: Environment::parse(text(2).unwrap_or("")).unwrap_or(Environment::Production),
+        }),
+        "fcm" => Some(Address::Fcm(token.into())),
+        "webpush" => {
+            let json: Option<String> = r.get(5)?;
+            json.and_then(|j| super::phones::webpush_keys(j.as_bytes()).ok()).map(|k| Address::WebPush(Arc::new(k)))
+        }
+        _ => None,
+    })
+}
+
+/// What a report may show of a phone's `token` column.
+pub fn short_key(platform: Platform, key: &str) -> String {
+    match platform {
+        Platform::Webpush => crate::domain::short_endpoint(key),
+        _ => key.chars().take(8).collect(),
+    }
 }
 
 /// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
@@ -194,7 +215,7 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
 pub struct OutcomeRow {
     pub seq: i64,
     pub phone_id: i64,
-    pub token: Token,
+    pub address: Address,
     pub outcome: Outcome,
 }
 
@@ -211,8 +232,8 @@ struct Settled {
     /// Deliveries recorded as runs of phone ids, `(lo, hi)` sorted by `lo`.
     runs: Vec<(i64, i64)>,
     run_phones: i64,
-    /// Phone id -> `(token, environment, state, reason)` of every other final outcome.
-    outcomes: std::collections::HashMap<i64, (String, String, String, Option<String>)>,
+    /// Phone id -> `(token, environment, state, reason, platform)` of every other final outcome.
+    outcomes: std::collections::HashMap<i64, (String, String, String, Option<String>, String)>,
 }
 
 impl Settled {
@@ -338,22 +359,24 @@ impl Store {
                 i = j + 1;
             }
             let mut add_outcome = tx.prepare_cached(
-                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, (SELECT environment FROM phones WHERE id = ?2), ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
+                 VALUES (?1, ?2, ?3, (SELECT environment FROM phones WHERE id = ?2), ?4, ?5, ?6, ?7)",
             )?;
             let mut set_problem = tx.prepare_cached(
                 "UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE id = ?1 AND last_outcome IS NOT ?2",
             )?;
-            let mut prune =
-                tx.prepare_cached("DELETE FROM phones WHERE token = ?1 AND (?2 IS NULL OR registered_at <= ?2)")?;
+            let mut prune = tx.prepare_cached(
+                "DELETE FROM phones WHERE token = ?1 AND platform = ?3 AND (?2 IS NULL OR registered_at <= ?2)",
+            )?;
             for row in batch.iter().filter(|r| r.outcome != Outcome::Delivered) {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
-                let token = row.token.hex();
+                let token = row.address.key();
+                let platform = row.address.platform().as_str();
                 // Written before a prune deletes the phone (the environment comes from it).
-                add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now])?;
+                add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now, platform])?;
                 if let Outcome::Prune { since, .. } = &row.outcome {
-                    if prune.execute(params![token, since])? > 0 {
+                    if prune.execute(params![token, since, platform])? > 0 {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
@@ -385,10 +408,10 @@ impl Store {
             run_phones += r.get::<_, i64>(2)?;
         }
         let mut st = self.conn.prepare_cached(
-            "SELECT phone_id, token, environment, state, reason FROM ring_outcomes WHERE ring_id = ?1",
+            "SELECT phone_id, token, environment, state, reason, platform FROM ring_outcomes WHERE ring_id = ?1",
         )?;
         let outcomes = st
-            .query_map([ring_id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))?
+            .query_map([ring_id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(Settled { runs, run_phones, outcomes })
     }
@@ -414,11 +437,12 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut expire = tx.prepare_cached(
-                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'expired', 'Expired', ?5)",
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
+                 VALUES (?1, ?2, ?3, ?4, 'expired', 'Expired', ?5, ?6)",
             )?;
             for p in &left {
-                expire.execute(params![ring_id, p.phone_id, p.token.hex(), p.environment.as_str(), now])?;
+                let (a, env) = (&p.address, p.address.environment());
+                expire.execute(params![ring_id, p.phone_id, a.key(), env.as_str(), now, a.platform().as_str()])?;
             }
         }
         tx.execute(
@@ -480,7 +504,7 @@ impl Store {
         let mut lines = self.ring_states(ring_id)?;
         lines.truncate(limit);
         for l in &mut lines {
-            l.token = crate::domain::short_token(&l.token).to_string();
+            l.token = short_key(l.platform, &l.token);
         }
         Ok(lines)
     }
@@ -499,14 +523,16 @@ impl Store {
             let state = if settled.in_run(p.phone_id) { "delivered" } else { "pending" };
             lines.push(PhoneOutcome {
                 phone_id: p.phone_id,
-                token: p.token.hex(),
-                environment: p.environment.as_str().to_string(),
+                platform: p.address.platform(),
+                token: p.address.key(),
+                environment: p.address.environment().as_str().to_string(),
                 state: state.to_string(),
                 reason: None,
             });
         }
-        for (phone_id, (token, environment, state, reason)) in settled.outcomes.drain() {
-            lines.push(PhoneOutcome { phone_id, token, environment, state, reason });
+        for (phone_id, (token, environment, state, reason, platform)) in settled.outcomes.drain() {
+            let platform = Platform::parse(&platform).unwrap_or(Platform::Apns);
+            lines.push(PhoneOutcome { phone_id, platform, token, environment, state, reason });
         }
         lines.sort_unstable_by_key(|l| l.phone_id);
         Ok(lines)
@@ -623,7 +649,7 @@ mod tests {
     /// The outcome row of the job's phone at position `seq`.
     fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
         let p = &phones.targets[seq];
-        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
+        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, address: p.address.clone(), outcome }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
@@ -681,7 +707,7 @@ mod tests {
         assert_eq!(ring(&mut s).len(), first.len());
         s.conn.execute("UPDATE phones SET environment = 'sandbox' WHERE token = ?1", ["02".repeat(32)]).unwrap();
         let sandbox = ring(&mut s);
-        assert_eq!(sandbox.targets.iter().filter(|t| t.environment == Environment::Sandbox).count(), 1);
+        assert_eq!(sandbox.targets.iter().filter(|t| t.environment() == Environment::Sandbox).count(), 1);
         s.add_user("guest").unwrap();
         s.add_phone("guest", &"0a".repeat(32), Environment::Production, None, None).unwrap();
         s.add_doorbell("back", None, "guest").unwrap();
@@ -695,7 +721,7 @@ mod tests {
         cli.remove_phone(&"03".repeat(32)).unwrap();
         let elsewhere = ring(&mut s);
         assert_eq!(elsewhere.len(), first.len() - 1);
-        assert!(elsewhere.targets.iter().all(|t| t.token.hex() != "03".repeat(32)));
+        assert!(elsewhere.targets.iter().all(|t| t.token().hex() != "03".repeat(32)));
 
         // Small lists are not kept.
         let mut p = press("rb", at.get() + 10_000, at.get() + 10_000);
@@ -738,7 +764,7 @@ mod tests {
             .map(|(i, outcome)| row(&job.phones, i, outcome))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
-        s.remove_phone(&job.phones.targets[5].token.hex()).unwrap();
+        s.remove_phone(&job.phones.targets[5].token().hex()).unwrap();
         let jobs = s.unfinished_rings().unwrap();
         let left: Vec<i64> = jobs[0].phones.targets.iter().map(|p| p.phone_id).collect();
         assert_eq!(left, [job.phones.targets[2].phone_id, job.phones.targets[4].phone_id]);

@@ -195,6 +195,24 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER users_removed AFTER DELETE ON users
         BEGIN UPDATE recipients_version SET n = n + 1; END;
     "#,
+    // 6 and 7: reserved for the pairing (6) and operator-tools (7) branches, whose migrations
+    // take these places when they land. Empty here, so that this branch's 8 keeps its number.
+    "",
+    "",
+    // 8 (every phone in the house): a phone has a platform (`apns`, `fcm`, `webpush`). FCM
+    // registration tokens live in `token`; a Web Push phone keeps its endpoint URL there (what
+    // the push service's 404/410 names, and what `phone rm` takes) and the whole checked
+    // `PushSubscription` JSON in `subscription`. Outcomes record the platform, so a pruned
+    // phone's line still says what it was. The recipients trigger follows the new columns.
+    r#"
+    ALTER TABLE phones ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns'
+        CHECK (platform IN ('apns', 'fcm', 'webpush'));
+    ALTER TABLE phones ADD COLUMN subscription TEXT;
+    ALTER TABLE ring_outcomes ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns';
+    DROP TRIGGER phones_changed;
+    CREATE TRIGGER phones_changed AFTER UPDATE OF id, user_id, token, environment, topic, platform, subscription ON phones
+        BEGIN UPDATE recipients_version SET n = n + 1; END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {

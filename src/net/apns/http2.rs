@@ -252,7 +252,7 @@ impl Http2Client {
         }
         let mut by_env: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         for (i, t) in targets.iter().enumerate() {
-            by_env[env_index(t.environment)].push(i);
+            by_env[env_index(t.environment())].push(i);
         }
         let envs = [Environment::Sandbox, Environment::Production];
         let jobs = envs.into_iter().zip(by_env).filter(|(_, idx)| !idx.is_empty()).map(|(env, idx)| {
@@ -406,7 +406,7 @@ impl Http2Client {
                     last_answer = tokio::time::Instant::now(); // the clock starts with the first request
                 }
                 sent_since_bearer += 1;
-                match start(&mut send, &prep, &targets[i].token).await {
+                match start(&mut send, &prep, targets[i].token()).await {
                     Ok(resp) => {
                         flying.set(i, true);
                         let rejected = bearer.as_ref().map(|b| b.own.clone());
@@ -435,7 +435,7 @@ impl Http2Client {
                             match answered {
                                 Ok((status, _, body)) => {
                                     answered_any = true;
-                                    let outcome = self.judge(status, &body, bearer.as_deref(), &targets[i].token);
+                                    let outcome = self.judge(status, &body, bearer.as_deref(), targets[i].token());
                                     if outcome.reason() == Some(&Reason::ExpiredProviderToken) {
                                         // judge minted a fresh token: the lane's copy follows at once.
                                         sent_since_bearer = BEARER_CHECK_EVERY;

@@ -1,0 +1,224 @@
+//! Every phone in the house: iPhones (APNs production and sandbox), Android phones (FCM) and
+//! browsers (Web Push) through one daemon and one outbox, against the simulators, with a real
+//! mosquitto. Exactly the right phones get exactly one correct message each (Web Push ones
+//! decrypted by the push service with the subscription's private key); stale ones are pruned.
+#![cfg(feature = "sim")]
+
+mod util;
+
+use dingdong::app::sim::{Faults, TokenInfo};
+use dingdong::domain::Environment;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use util::*;
+
+fn outcome_of<'a>(results: &'a [serde_json::Value], phone_id: i64) -> &'a serde_json::Value {
+    results.iter().find(|r| r["phone_id"] == phone_id).expect("a line per phone")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_household_gets_one_correct_message_per_phone_and_stale_phones_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_push_sim(d, Faults::default(), 1000, 3, false).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    add_push_tables(&cfg, &sim);
+    let (fcm, web) = (sim.fcm.as_ref().unwrap(), sim.webpush.as_ref().unwrap());
+
+    for u in ["alice", "bob", "carol"] {
+        ok(&cfg, &["user", "add", u]);
+    }
+    ok(&cfg, &["doorbell", "add", "front", "--name", "Front door", "--owner", "alice"]);
+    ok(&cfg, &["share", "front", "bob"]);
+    // iPhones: production, sandbox, and one whose app was deleted.
+    let (prod, sandbox, stale_apns) = (token(1), token(2), token(3));
+    ok(&cfg, &["phone", "add", "alice", &prod]);
+    ok(&cfg, &["phone", "add", "bob", &sandbox, "--sandbox"]);
+    ok(&cfg, &["phone", "add", "alice", &stale_apns]);
+    sim.state.register(&prod, TokenInfo { environment: Some(Environment::Production), unregistered_at: None });
+    sim.state.register(&sandbox, TokenInfo { environment: Some(Environment::Sandbox), unregistered_at: None });
+    sim.state.unregister(&stale_apns, dingdong::domain::now_ms() + 1);
+    // Android phones: two, and one whose app was removed.
+    ok(&cfg, &["phone", "add", "alice", "--fcm", &fcm.tokens[0]]);
+    ok(&cfg, &["phone", "add", "bob", "--fcm", &fcm.tokens[1], "--name", "Bob's Pixel"]);
+    ok(&cfg, &["phone", "add", "alice", "--fcm", &fcm.tokens[2]]);
+    fcm.state.unregister(&fcm.tokens[2]);
+    // Browsers: from a file, from standard input, and one that unsubscribed since; through
+    // `phone import` for the last, as a JSON line.
+    ok(&cfg, &["phone", "add", "alice", "--webpush", web.subscriptions[0].file.to_str().unwrap()]);
+    let mut child = std::process::Command::new(bin())
+        .args(["phone", "add", "bob", "--webpush", "-", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(web.subscriptions[1].json.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let import = d.join("browsers.txt");
+    std::fs::write(&import, format!("{}\n", web.subscriptions[2].json)).unwrap();
+    let out = ok(&cfg, &["phone", "import", "alice", import.to_str().unwrap()]);
+    assert!(out.contains("1 added"), "{out}");
+    web.state.unsubscribe(&web.subscriptions[2].id);
+    // Someone the doorbell is not shared with.
+    ok(&cfg, &["phone", "add", "carol", &token(9)]);
+    ok(&cfg, &["phone", "add", "carol", "--fcm", &fcm_token_for_carol()]);
+
+    let list: serde_json::Value = serde_json::from_str(&ok(&cfg, &["phone", "list", "--json"])).unwrap();
+    let platforms: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    assert_eq!(platforms.iter().filter(|p| **p == "fcm").count(), 4, "{list}");
+    assert_eq!(platforms.iter().filter(|p| **p == "webpush").count(), 3, "{list}");
+    let shown = list.to_string();
+    assert!(!shown.contains(&fcm.tokens[0]) && !shown.contains(&web.subscriptions[0].id), "phone list shortens");
+
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    obs.press("front", dingdong::domain::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!(
+        (outcome["phones"].as_i64(), outcome["delivered"].as_i64(), outcome["pruned"].as_i64()),
+        (Some(9), Some(6), Some(3)),
+        "{outcome}"
+    );
+    assert_eq!((outcome["failed"].as_i64(), outcome["pending"].as_i64()), (Some(0), Some(0)), "{outcome}");
+    let ring_id = outcome["ring_id"].as_str().unwrap().to_string();
+    let results = outcome["results"].as_array().unwrap();
+    let by_platform =
+        |p: &str, state: &str| results.iter().filter(|r| r["platform"] == p && r["state"] == state).count();
+    assert_eq!((by_platform("apns", "delivered"), by_platform("apns", "pruned")), (2, 1), "{outcome}");
+    assert_eq!((by_platform("fcm", "delivered"), by_platform("fcm", "pruned")), (2, 1), "{outcome}");
+    assert_eq!((by_platform("webpush", "delivered"), by_platform("webpush", "pruned")), (2, 1), "{outcome}");
+
+    // APNs: each live iPhone once, in its environment.
+    let apns = sim.state.received();
+    assert_eq!(apns.len(), 2);
+    let env_of = |t: &str| apns.iter().find(|r| r.token == t).map(|r| r.environment);
+    assert_eq!((env_of(&prod), env_of(&sandbox)), (Some(Environment::Production), Some(Environment::Sandbox)));
+    // FCM: each live Android phone once, with the ring's message as Android needs it.
+    let android = fcm.state.received();
+    assert_eq!(fcm.state.counts().len(), 2);
+    assert!(fcm.state.counts().values().all(|&n| n == 1), "{:?}", fcm.state.counts());
+    for m in &android {
+        assert!(m.token == fcm.tokens[0] || m.token == fcm.tokens[1]);
+        assert_eq!((m.title.as_str(), m.body.as_str()), ("Front door", "Someone is at Front door"));
+        assert_eq!((m.doorbell.as_str(), m.ring.as_str()), ("front", ring_id.as_str()));
+        assert!(m.high_priority && m.ttl_secs > 250 && m.ttl_secs <= 300, "{m:?}");
+        assert_eq!(m.collapse_key.as_deref(), Some("doorbell-front"));
+        assert_eq!(m.channel_id.as_deref(), Some("doorbell"));
+    }
+    // Web Push: each live browser once, decrypted with its private key, with its headers.
+    let browsers = web.state.received();
+    assert_eq!(browsers.len(), 2, "{browsers:?}");
+    let topic = dingdong::codec::push::webpush::topic("front");
+    for (m, sub) in browsers.iter().zip([&web.subscriptions[0], &web.subscriptions[1]]) {
+        assert!(browsers.iter().any(|b| b.subscription == sub.id));
+        assert_eq!(m.payload["doorbell"], "front");
+        assert_eq!(m.payload["ring"], ring_id.as_str());
+        assert_eq!(m.payload["title"], "Front door");
+        assert_eq!((m.urgency.as_deref(), m.topic.as_deref()), (Some("high"), Some(topic.as_str())));
+        assert!(m.ttl > 250 && m.ttl <= 300);
+    }
+    // The stale phones are gone; carol's are untouched and got nothing.
+    let left: serde_json::Value = serde_json::from_str(&ok(&cfg, &["phone", "list", "--json"])).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 8, "{left}");
+    let stale_pruned = outcome_of(results, find_phone(&list, "fcm", &fcm.tokens[2]));
+    assert_eq!(stale_pruned["state"], "pruned");
+    assert!(stale_pruned["reason"].as_str().unwrap().contains("UNREGISTERED"), "{stale_pruned}");
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Carol's Android phone: registered with FCM (the simulator knows it) but not reached.
+fn fcm_token_for_carol() -> String {
+    "carol-android-0123456789:APA91bCarolsPhone".to_string()
+}
+
+/// The id of the phone of `platform` whose shortened token starts `key`.
+fn find_phone(list: &serde_json::Value, platform: &str, key: &str) -> i64 {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["platform"] == platform && key.starts_with(p["token"].as_str().unwrap()))
+        .and_then(|p| p["id"].as_i64())
+        .expect("phone listed")
+}
+
+/// The push services' bad days: a push service that speaks HTTP/1.1 only, 10% of answers
+/// 429/500/503 (with `Retry-After`), slow answers, and FCM access tokens revoked between two
+/// rings: every phone still gets its message, and the transport renews its token once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_services_bad_days_over_http1_still_deliver_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let faults = Faults { fail_rate: 0.1, latency: Duration::from_millis(20), ..Default::default() };
+    let sim = start_push_sim(d, faults, 1000, 200, true).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    add_push_tables(&cfg, &sim);
+    let (fcm, web) = (sim.fcm.as_ref().unwrap(), sim.webpush.as_ref().unwrap());
+    ok(&cfg, &["user", "add", "alice"]);
+    ok(&cfg, &["doorbell", "add", "front", "--owner", "alice"]);
+    let mut lines: Vec<String> = fcm.tokens.iter().map(|t| format!("fcm:{t}")).collect();
+    lines.extend(web.subscriptions.iter().map(|s| s.json.clone()));
+    let import = d.join("phones.txt");
+    std::fs::write(&import, lines.join("\n")).unwrap();
+    let out = ok(&cfg, &["phone", "import", "alice", import.to_str().unwrap()]);
+    assert!(out.contains("400 added"), "{out}");
+
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    for round in 1..=2usize {
+        if round == 2 {
+            fcm.state.revoke_access_tokens();
+        }
+        obs.press("front", dingdong::domain::now_ms() + round as i64 * 10_000).await;
+        let outcome = obs.ring_outcome().await;
+        assert_eq!(outcome["delivered"].as_i64(), Some(400), "{outcome}");
+        assert!(fcm.state.counts().values().all(|&n| n == round), "each Android phone once per ring");
+        assert!(web.state.counts().values().all(|&n| n == round), "each browser once per ring");
+        assert_eq!(web.state.counts().len(), 200);
+    }
+    assert_eq!(fcm.state.tokens_issued.load(Ordering::Relaxed), 2, "one token, renewed once after the 401s");
+    assert!(fcm.state.rejected.load(Ordering::Relaxed) > 0 && web.state.rejected.load(Ordering::Relaxed) > 0);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Credentials the push services refuse (a service account for another project): those
+/// phones fail (not retried in a loop), the FCM transport stops, and `P/status` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_push_credentials_stop_the_transport_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_push_sim(d, Faults::default(), 1000, 3, false).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    add_push_tables(&cfg, &sim);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[fcm]\n", "[fcm]\nproject_id = \"someone-else\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let fcm = sim.fcm.as_ref().unwrap();
+    ok(&cfg, &["user", "add", "alice"]);
+    ok(&cfg, &["doorbell", "add", "front", "--owner", "alice"]);
+    for t in &fcm.tokens {
+        ok(&cfg, &["phone", "add", "alice", "--fcm", t]);
+    }
+    ok(&cfg, &["phone", "add", "alice", &token(1)]);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    obs.press("front", dingdong::domain::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!((outcome["delivered"].as_i64(), outcome["failed"].as_i64()), (Some(1), Some(3)), "{outcome}");
+    let status = format!("{PREFIX}/status");
+    let reason = obs
+        .wait_for(|t, p| {
+            let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+            (t == status && v["fcm"]["state"] == "stopped").then(|| v["fcm"]["reason"].to_string())
+        })
+        .await;
+    assert!(reason.contains("403"), "{reason}");
+    assert_eq!(fcm.state.rejected.load(Ordering::Relaxed), 3, "stopped means no retry loop");
+    assert_eq!(daemon.terminate(), Some(0));
+}
