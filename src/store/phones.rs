@@ -238,12 +238,14 @@ mod tests {
         let Registration::WebPush { json: stored, keys } = &wp else { panic!() };
         assert_eq!(&webpush_keys(stored.as_bytes()).unwrap(), keys);
 
-        for (bad, why) in [
+        let cases: [(&str, &str); 5] = [
             ("abc", "invalid token"),
             ("has space!", "APNs token"),
-            (r#"{"endpoint":"http://x.example/1","keys":{"p256dh":"AA","auth":"AA"}}"#, "https://"),
+            (r#"{"endpoint":"https://x.example/1","keys":{"p256dh":"AA","auth":"AA"}}"#, "65-byte"),
+            (&subscription_json("http://x.example/1"), "https://"),
             (r#"{"endpoint":"https://x.example/1"}"#, "keys/p256dh"),
-        ] {
+        ];
+        for (bad, why) in cases {
             let e = Registration::guess(bad, env).unwrap_err().to_string();
             assert!(e.contains(why) && !e.contains('\n'), "{bad}: {e}");
         }
