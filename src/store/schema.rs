@@ -195,8 +195,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER users_removed AFTER DELETE ON users
         BEGIN UPDATE recipients_version SET n = n + 1; END;
     "#,
-    // 6 and 7: reserved for the pairing (6) and operator-tools (7) branches, whose migrations
-    // take these places when they land. Empty here, so that this branch's 8 keeps its number.
+    // 6 and 7: reserved for the branches that land them (pairing or household controls, and
+    // operator tools); their migrations take these places at the merge. Empty stand-ins here,
+    // so that this branch's 8 keeps its number.
     "",
     "",
     // 8 (every phone in the house): a phone has a platform (`apns`, `fcm`, `webpush`). FCM
