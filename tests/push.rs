@@ -127,6 +127,12 @@ async fn a_mixed_household_gets_one_correct_message_per_phone_and_stale_phones_a
     let stale_pruned = outcome_of(results, find_phone(&list, "fcm", &fcm.tokens[2]));
     assert_eq!(stale_pruned["state"], "pruned");
     assert!(stale_pruned["reason"].as_str().unwrap().contains("UNREGISTERED"), "{stale_pruned}");
+    // diag proves the service account (a token exchange) and the VAPID key.
+    let diag: serde_json::Value = serde_json::from_slice(&cli(&cfg, &["diag", "--json"]).stdout).unwrap();
+    let check = |name: &str| diag["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap();
+    assert_eq!(check("fcm")["level"], "ok", "{diag}");
+    assert!(check("fcm")["figure"].as_str().unwrap().contains("access token obtained"), "{diag}");
+    assert_eq!(check("webpush")["level"], "ok", "{diag}");
     assert_eq!(daemon.terminate(), Some(0));
 }
 

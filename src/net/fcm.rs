@@ -99,6 +99,17 @@ impl FcmClient {
         self.inner.account.project_id()
     }
 
+    /// One exchange at the token endpoint, as `diag` proves the service account: the access
+    /// token's lifetime in seconds, or why there is none.
+    pub async fn probe(&self) -> Result<u64, String> {
+        match self.fetch_token().await {
+            Ok(t) => Ok(t.expires_at().saturating_sub(unix_now())),
+            Err(Verdict::Retry { reason, .. }) => Err(reason),
+            Err(Verdict::Failed { reason, .. }) => Err(reason),
+            Err(v) => Err(format!("{v:?}")),
+        }
+    }
+
     /// Sends the ring to every target (Android phones); each target's outcome goes to `out`
     /// as `(index into targets, outcome)`. After `stop`, nothing new starts and what was not
     /// sent comes back as a retry.
@@ -152,8 +163,8 @@ impl FcmClient {
             return (i, Outcome::Failed { reason, status: 0 }, None);
         };
         let body = Bytes::from(template.body(token));
-        let mut bearer = bearer;
-        for attempt in 0..2 {
+        let (mut bearer, mut renewed) = (bearer, false);
+        loop {
             let answer = match self.inner.https.request(self.request(&bearer, body.clone())).await {
                 Ok(a) => a,
                 Err(why) => return (i, no_answer(why), None),
@@ -161,8 +172,8 @@ impl FcmClient {
             let version = Some(answer.version);
             let verdict = fcm::classify(answer.status, answer.retry_after.as_deref(), &answer.body, SystemTime::now());
             match verdict {
-                Verdict::RefreshAuth if attempt == 0 => match self.bearer(Some(&bearer)).await {
-                    Ok(fresh) => bearer = fresh,
+                Verdict::RefreshAuth if !renewed => match self.bearer(Some(&bearer)).await {
+                    Ok(fresh) => (bearer, renewed) = (fresh, true),
                     Err(outcome) => return (i, outcome, version),
                 },
                 Verdict::RefreshAuth => {
@@ -173,7 +184,6 @@ impl FcmClient {
                 v => return (i, self.judge(target, v), version),
             }
         }
-        unreachable_resend(i)
     }
 
     fn request(&self, bearer: &HeaderValue, body: Bytes) -> Request<Full<Bytes>> {
@@ -248,10 +258,4 @@ impl FcmClient {
             Err(why) => Err(Verdict::Retry { after: None, reason: format!("token endpoint: {why}") }),
         }
     }
-}
-
-/// The loop above returns on its second pass whatever FCM says; this keeps the compiler
-/// satisfied without a panic.
-fn unreachable_resend(i: usize) -> Sent {
-    (i, Outcome::Failed { reason: Reason::Other("resend loop ended".into()), status: 0 }, None)
 }

@@ -8,8 +8,9 @@
 //! lanes do, instead of queueing every stream on one.
 //!
 //! [`fan_out`] keeps a window of requests in flight per origin: one until the first answer
-//! tells which protocol the origin speaks, then as many streams as HTTP/2 may carry, or as
-//! many connections as the HTTP/1.1 pool may open. Retrying is not done here: every phone
+//! tells which protocol the origin speaks, then (HTTP/2) one per client until each has its
+//! connection, then as many streams as HTTP/2 may carry; or (HTTP/1.1) as many connections as
+//! the pool may open. Retrying is not done here: every phone
 //! gets an [`Outcome`] and `outbox` decides.
 
 use crate::codec::push::common::Verdict;
@@ -180,6 +181,7 @@ pub async fn fan_out<S, I, F, Fut>(
 {
     let mut inflight = FuturesUnordered::new();
     let mut window = 1usize;
+    let mut answered = 0usize;
     let mut exhausted = false;
     loop {
         if stop.is_cancelled() {
@@ -189,7 +191,12 @@ pub async fn fan_out<S, I, F, Fut>(
             biased;
             // cancel-safe: FuturesUnordered::next keeps the other futures
             Some((i, outcome, version)) = inflight.next(), if !inflight.is_empty() => {
+                let version: Option<http::Version> = version;
+                answered += usize::from(version.is_some());
                 window = match version {
+                    // Each client's first connection is opened by one request (they take
+                    // turns), not by hundreds racing to connect: then the whole window.
+                    Some(http::Version::HTTP_2) if answered < limits.clients => limits.clients,
                     Some(http::Version::HTTP_2) => limits.h2_streams.max(1),
                     Some(_) => limits.h1_connections.max(1),
                     None => window,

@@ -121,7 +121,7 @@ impl Config {
     }
 
     /// The FCM and Web Push files that must be readable: `(key, path, fix)`.
-    pub(super) fn push_files(&self) -> Vec<(&'static str, &Path, &'static str)> {
+    pub fn push_files(&self) -> Vec<(&'static str, &Path, &'static str)> {
         let mut v: Vec<(&'static str, &Path, &'static str)> = Vec::new();
         if let Some(f) = &self.fcm {
             v.push((
