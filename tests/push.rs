@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use util::*;
 
-fn outcome_of<'a>(results: &'a [serde_json::Value], phone_id: i64) -> &'a serde_json::Value {
+fn outcome_of(results: &[serde_json::Value], phone_id: i64) -> &serde_json::Value {
     results.iter().find(|r| r["phone_id"] == phone_id).expect("a line per phone")
 }
 

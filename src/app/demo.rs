@@ -60,6 +60,7 @@ fn token_for(i: usize) -> String {
 fn write_config(dir: &Path, broker: std::net::SocketAddr, sim: &Sim) -> Result<Config, String> {
     let c = &sim.credentials;
     let fcm = sim.fcm.as_ref().ok_or("the FCM simulator did not start")?;
+    let fcm_endpoint = format!("https://{}", fcm.addr);
     let vapid = dir.join("vapid.pem");
     let key = crate::codec::push::vapid::VapidKey::generate(&mut rand::thread_rng());
     crate::app::sim::certs::write_secret(&vapid, key.to_pem().as_bytes()).map_err(|e| e.to_string())?;
@@ -100,7 +101,7 @@ subject = "mailto:demo@example.com"
 ca_file = "{ca}"
 "#,
         fcm_key = fcm.service_account_file.display(),
-        fcm_endpoint = format!("https://{}", fcm.addr),
+        fcm_endpoint = fcm_endpoint,
         vapid = vapid.display(),
         endpoint = sim.endpoint().unwrap_or_default(),
         ca = c.ca_file.display(),
