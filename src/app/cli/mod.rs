@@ -118,8 +118,8 @@ pub enum PhoneCmd {
         /// The iPhone's APNs device token (hex).
         #[arg(required_unless_present_any = ["fcm", "webpush"])]
         token: Option<String>,
-        /// An Android phone's FCM registration token.
-        #[arg(long, value_name = "TOKEN", conflicts_with_all = ["token", "webpush", "sandbox"])]
+        /// An Android phone's FCM registration token (it may start with '-').
+        #[arg(long, value_name = "TOKEN", allow_hyphen_values = true, conflicts_with_all = ["token", "webpush", "sandbox"])]
         fcm: Option<String>,
         /// A browser's PushSubscription JSON, from FILE or `-` (standard input).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "fcm", "sandbox"])]
@@ -153,7 +153,7 @@ pub enum PhoneCmd {
     /// `phone rm TOKEN`: an APNs token, an FCM token or a Web Push endpoint URL; or
     /// `--webpush FILE|-` with the subscription's JSON.
     Rm {
-        #[arg(required_unless_present = "webpush")]
+        #[arg(required_unless_present = "webpush", allow_hyphen_values = true)]
         token: Option<String>,
         #[arg(long, value_name = "FILE", conflicts_with = "token")]
         webpush: Option<PathBuf>,
