@@ -121,8 +121,9 @@ impl Code {
     }
 }
 
-/// The phone's 32-byte secret, derived on both sides. Not `Debug`; wiped on drop.
-#[derive(Clone, PartialEq, Eq)]
+/// The phone's 32-byte secret, derived on both sides. Not `Debug`, no `==` (compare secrets
+/// only in constant time); wiped on drop.
+#[derive(Clone)]
 pub struct PhoneSecret([u8; SECRET_BYTES]);
 
 impl PhoneSecret {
