@@ -7,6 +7,7 @@
 //! [`service`] joins the two without doing any MQTT I/O itself. The protocol is documented for
 //! app developers in `docs/pairing.md`.
 
+pub mod pake;
 pub mod wire;
 
 use hmac::{Hmac, Mac};
