@@ -93,6 +93,7 @@ pub fn subscriptions(cfg: &Config) -> Vec<Subscription> {
     let mut subs = vec![
         Subscription::events(format!("{p}/button/+/press")),
         Subscription::events(format!("{p}/pair/request")),
+        Subscription::events(format!("{p}/pair/finish")),
         Subscription::events(format!("{p}/phone/+/+")),
         Subscription::events(format!("{p}/gateway/pair-button")),
     ];
@@ -159,6 +160,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     let pairing = Pairing::new(
         store.clone(),
         PairingSettings {
+            topic_prefix: cfg.mqtt.topic_prefix.clone(),
             bundle_id: cfg.apns.topic.clone(),
             button_user: cfg.pairing.button_user.clone(),
             code_file: cfg.pairing_code_file(),

@@ -2,9 +2,11 @@
 //! bridges' own JSON (rtl_433, Tasmota RF bridges, zigbee2mqtt). Bytes in, a typed event or a
 //! reason out; no I/O. Which key a bridge's button gets is decided here, once: bindings store
 //! exactly these keys (`dingdong doorbell bind ID --source KIND --key KEY`).
-//! The pairing topics are recognised here and parsed by `pairing::wire`.
+//! The pairing topics are recognised here and parsed by `pairing::pake::wire` (the exchange)
+//! and `pairing::wire` (signed requests, the pair button).
 
-use crate::codec::pairing::wire::{self, PairRequest, Refusal, SignedRequest};
+use crate::codec::pairing::pake::wire::{self as pake_wire, Finish, Request};
+use crate::codec::pairing::wire::{self, Refusal, SignedRequest};
 use crate::domain::{ButtonPress, Source};
 use serde::Deserialize;
 
@@ -15,8 +17,11 @@ pub const MAX_PAYLOAD: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Press(ButtonPress),
-    /// `P/pair/request`: the request, or its refusal (answered when it names a request id).
-    PairRequest(Result<PairRequest, Refusal>),
+    /// `P/pair/request`: the phone's first pairing message, or its refusal (answered when it
+    /// names a request id).
+    PairRequest(Result<Request, Refusal>),
+    /// `P/pair/finish`: the phone's proofs and sealed registration, or its refusal.
+    PairFinish(Result<Finish, Refusal>),
     /// `P/phone/<phone_id>/<action>`: a signed request (not yet verified), or its refusal.
     PhoneRequest {
         phone_id: i64,
@@ -83,7 +88,8 @@ fn decode_own(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inboun
 
 fn decode_pairing(rest: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
     match rest {
-        "pair/request" => return Ok(Some(Inbound::PairRequest(wire::parse_pair_request(payload)))),
+        "pair/request" => return Ok(Some(Inbound::PairRequest(pake_wire::parse_request(payload)))),
+        "pair/finish" => return Ok(Some(Inbound::PairFinish(pake_wire::parse_finish(payload)))),
         "gateway/pair-button" => return Ok(Some(Inbound::PairButton(wire::parse_pair_button(payload)))),
         _ => {}
     }
@@ -293,6 +299,8 @@ mod tests {
         assert!(matches!(pair, Some(Inbound::PairRequest(Err(Refusal { request_id: None, .. })))));
         let big = vec![b' '; MAX_PAYLOAD + 1];
         assert!(matches!(decode(P, "dingdong/gw/pair/request", &big).unwrap(), Some(Inbound::PairRequest(Err(_)))));
+        let finish = decode(P, "dingdong/gw/pair/finish", br#"{"request_id":"r1","proofs":[]}"#).unwrap();
+        assert!(matches!(finish, Some(Inbound::PairFinish(Err(Refusal { request_id: Some(_), .. })))));
         let phone = decode(P, "dingdong/gw/phone/12/unpair", &big).unwrap();
         assert!(
             matches!(phone, Some(Inbound::PhoneRequest { phone_id: 12, request: Err(_) })),

@@ -278,6 +278,7 @@ impl Intake {
         }
         let reply = match msg {
             Inbound::PairRequest(r) => self.pairing.pair_request(r).await,
+            Inbound::PairFinish(r) => self.pairing.pair_finish(r).await,
             Inbound::PhoneRequest { phone_id, request } => self.pairing.phone_request(phone_id, request).await,
             Inbound::PairButton(r) => {
                 self.pairing.pair_button(r).await;

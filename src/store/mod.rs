@@ -31,6 +31,8 @@ pub enum StoreError {
     Exists { kind: &'static str, id: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0} pairing windows are open already (the most at once); wait until one is used or expires")]
+    WindowsFull(usize),
     #[error("invalid token: {0}")]
     Token(#[from] TokenError),
     #[error("database error: {0}")]
@@ -67,6 +69,9 @@ pub struct DoorbellRow {
 pub struct PhoneRow {
     pub id: i64,
     pub user: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub platform: String,
+    /// The APNs or FCM token, or a Web Push endpoint.
     pub token: String,
     pub environment: String,
     pub topic: Option<String>,
@@ -199,9 +204,8 @@ impl Store {
     pub fn add_doorbell(&mut self, id: &str, name: Option<&str>, owner: &str) -> Result<()> {
         crate::domain::check_id("doorbell", id).map_err(StoreError::Invalid)?;
         let name = name.unwrap_or(id);
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(StoreError::Invalid("doorbell name must be 1 to 100 printable characters".into()));
-        }
+        crate::domain::check_name_within(name, crate::domain::ids::DOORBELL_NAME_MAX)
+            .map_err(|e| StoreError::Invalid(format!("doorbell name: {e}")))?;
         let owner_id = self.user_id(owner)?;
         match self.conn.execute(
             "INSERT INTO doorbells (id, name, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -326,6 +330,9 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Upsert> {
         let token = normalize_token(raw_token)?;
+        if let Some(n) = name {
+            crate::domain::check_name(n).map_err(|e| StoreError::Invalid(format!("phone name: {e}")))?;
+        }
         let uid = self.user_id(user)?;
         let tx = self.conn.transaction()?;
         let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
@@ -335,13 +342,14 @@ impl Store {
 
     pub fn list_phones(&self) -> Result<Vec<PhoneRow>> {
         let mut st = self.conn.prepare(
-            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome
+            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome, p.platform
              FROM phones p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.id",
         )?;
         let rows = st.query_map([], |r| {
             Ok(PhoneRow {
                 id: r.get(0)?,
                 user: r.get(1)?,
+                platform: r.get(8)?,
                 token: r.get(2)?,
                 environment: r.get(3)?,
                 topic: r.get(4)?,

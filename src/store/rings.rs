@@ -145,7 +145,8 @@ pub struct PhoneOutcome {
 /// The phones a press of `doorbell` reaches, on a connection or inside a transaction: the
 /// owner's and every shared user's, in phone-id order, each token once (the oldest
 /// registration wins). Each user's phones are read in id order through `phones_user`, so a
-/// building of 120,000 phones is one sequential pass with no sort in SQLite.
+/// building of 120,000 phones is one sequential pass with no sort in SQLite. Only APNs phones
+/// for now: a paired FCM or Web Push phone is kept, and reached once its transport exists.
 pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<JobPhone>> {
     let users: Vec<i64> = conn
         .prepare_cached(
@@ -154,13 +155,15 @@ pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Resu
         .query_map([doorbell], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     // Sized once: growing by doubling would hold two copies of a building's job at once.
-    let mut count = conn.prepare_cached("SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
+    let mut count = conn.prepare_cached(
+        "SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1 AND platform = 'apns'",
+    )?;
     let mut total = 0usize;
     for user in &users {
         total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
     }
     let mut st = conn.prepare_cached(
-        "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id",
+        "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 AND platform = 'apns' ORDER BY id",
     )?;
     let mut phones = Vec::with_capacity(total);
     for user in &users {

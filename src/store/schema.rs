@@ -195,6 +195,45 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER users_removed AFTER DELETE ON users
         BEGIN UPDATE recipients_version SET n = n + 1; END;
     "#,
+    // 6 (pairing v2): SPAKE2 needs the code itself, so a window keeps its 8 digits while it is
+    // open, and only then (`code` is NULL in every other state; v1 windows held a hash of a
+    // 6-digit code and cannot be redeemed by v2 phones, so they are dropped). Removing a user,
+    // a share or a doorbell revokes the open windows that would grant it, whichever process
+    // removes it. Phones have a platform; FCM tokens live in `token`, a Web Push phone keeps
+    // its endpoint there and its whole checked PushSubscription JSON in `subscription`.
+    r#"
+    DROP TABLE pair_windows;
+    CREATE TABLE pair_windows (
+        id              INTEGER PRIMARY KEY,
+        code            TEXT,
+        user_name       TEXT NOT NULL,
+        share_doorbell  TEXT,
+        opened_by       TEXT NOT NULL,
+        opened_at       INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        state           TEXT NOT NULL CHECK (state IN ('open', 'used', 'locked', 'revoked', 'expired')),
+        phone_id        INTEGER,
+        CHECK (state = 'open' OR code IS NULL)
+    );
+    CREATE INDEX pair_windows_open ON pair_windows(state, expires_at);
+    CREATE TRIGGER pair_windows_user_removed AFTER DELETE ON users
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND user_name = OLD.name; END;
+    CREATE TRIGGER pair_windows_share_removed AFTER DELETE ON shares
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND share_doorbell = OLD.doorbell_id
+                AND user_name IN (SELECT name FROM users WHERE id = OLD.user_id); END;
+    CREATE TRIGGER pair_windows_doorbell_removed AFTER DELETE ON doorbells
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND share_doorbell = OLD.id; END;
+    ALTER TABLE phones ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns'
+        CHECK (platform IN ('apns', 'fcm', 'webpush'));
+    ALTER TABLE phones ADD COLUMN subscription TEXT;
+    DROP TRIGGER phones_changed;
+    CREATE TRIGGER phones_changed AFTER UPDATE OF id, user_id, token, environment, topic, platform, subscription ON phones
+        BEGIN UPDATE recipients_version SET n = n + 1; END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {

@@ -3,7 +3,10 @@
 //! could not run; 1: ran and failed).
 
 mod admin;
+mod phone_sim;
 mod tools;
+
+pub use phone_sim::PhoneSimCmd;
 
 pub use tools::{daemon_signals, stop_on_signal};
 
@@ -44,6 +47,9 @@ pub enum Command {
     /// Pairing windows: one-time codes with which a phone joins a user.
     #[command(subcommand)]
     Pair(PairCmd),
+    /// The reference phone: pairs as the app would and sends signed requests (one JSON line).
+    #[command(subcommand)]
+    PhoneSim(PhoneSimCmd),
     /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
     Ring { id: String },
     /// One poll of the legacy feedback service; prunes as `run` does.
@@ -281,6 +287,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Unshare { id, user } => admin::share(&path, id, user, false),
         Command::Phone(cmd) => admin::phone(&path, cmd),
         Command::Pair(cmd) => admin::pair(&path, cmd),
+        Command::PhoneSim(cmd) => phone_sim::run(&path, cmd),
         Command::Ring { id } => block_on(false, tools::ring(&path, id)),
         Command::Feedback => block_on(false, tools::feedback(&path)),
         Command::ApnsSim(args) => block_on(true, tools::apns_sim(args)),

@@ -7,19 +7,19 @@
 //!
 //! Owns: the 8-digit [`Code`], the identities, the transcript hash and key schedule (here),
 //! the four messages and their bounds ([`wire`]), the sealed registration and grant
-//! ([`registration`]), the check of free-text names ([`names`]), the gateway's side with its
-//! in-memory pending exchanges ([`gateway`]), the phone's state machine ([`phone`]) and the
-//! arithmetic of the guessing budget ([`budget`]).
+//! ([`registration`]), the gateway's side with its in-memory pending exchanges ([`gateway`]),
+//! the phone's state machine ([`phone`]) and the arithmetic of the guessing budget
+//! ([`budget`]). Names in a registration or a grant are checked by `domain::ids`.
 //!
-//! Leaves to others: MQTT I/O and reply topics (the daemon), windows, attempt counters, budget
-//! events and phones in SQL (the store), what a code grants (the household rules), time (every
+//! Leaves to others: MQTT I/O and reply topics (`service::pairing`), windows, attempt counters,
+//! budget events and phones in SQL (`store::pairing`), what a code grants (checked by the store
+//! when the code is redeemed), time (every
 //! function takes `now` in UNIX ms) and randomness (every function takes a CSPRNG, so that the
 //! worked example of `docs/pairing.md` is reproducible; production passes `OsRng`).
 
 pub mod budget;
 pub mod gateway;
 mod json;
-pub mod names;
 pub mod phone;
 pub mod registration;
 pub mod wire;

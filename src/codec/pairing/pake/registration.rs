@@ -4,37 +4,24 @@
 //! phone that knows the code is not yet a trusted one. No I/O.
 
 use super::json::{bytes, object, only, text};
-use super::names::check_name;
 use super::wire::{MAX_GRANT, MAX_REGISTRATION};
+use crate::codec::push::fcm;
+use crate::domain::ids::DOORBELL_NAME_MAX;
+use crate::domain::{check_name, check_name_within, valid_id, Environment, Platform};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// An FCM registration token's longest length (real ones are about 160 characters).
-pub const FCM_TOKEN_MAX: usize = 4096;
+/// An FCM registration token's longest length (real ones are about 160 characters): the
+/// bound `phone add --fcm` applies too.
+pub const FCM_TOKEN_MAX: usize = fcm::TOKEN_MAX_LEN;
 /// A Web Push endpoint's longest length.
 pub const ENDPOINT_MAX: usize = 1024;
 /// A bundle id's longest length.
 pub const TOPIC_MAX: usize = 255;
 /// Doorbells listed in a grant.
 pub const MAX_DOORBELLS: usize = 32;
-
-/// Which APNs environment a token belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Environment {
-    Production,
-    Sandbox,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Production => "production",
-            Environment::Sandbox => "sandbox",
-        }
-    }
-}
 
 /// How to push to the phone. Tokens and endpoints are credentials of a sort: `Debug` shows
 /// their first 8 characters (an endpoint: its host) only.
@@ -43,7 +30,8 @@ pub enum Push {
     /// APNs: the device token (lower-case hex, 32 to 100 bytes), its environment, and the
     /// app's bundle id (the service compares it with `apns.topic`).
     Apns { token: String, environment: Environment, topic: String },
-    /// FCM: the registration token (1 to [`FCM_TOKEN_MAX`] printable ASCII characters).
+    /// FCM: the registration token (as `codec::push::fcm::check_token` accepts it: 16 to
+    /// [`FCM_TOKEN_MAX`] of base64url characters, `:` and `.`).
     Fcm { token: String },
     /// Web Push: a browser's PushSubscription (`https://` endpoint, the subscription's P-256
     /// public key as an uncompressed point, and its 16-byte auth secret).
@@ -51,12 +39,32 @@ pub enum Push {
 }
 
 impl Push {
-    /// `apns`, `fcm` or `webpush`.
-    pub fn platform(&self) -> &'static str {
+    pub fn platform(&self) -> Platform {
         match self {
-            Push::Apns { .. } => "apns",
-            Push::Fcm { .. } => "fcm",
-            Push::WebPush { .. } => "webpush",
+            Push::Apns { .. } => Platform::Apns,
+            Push::Fcm { .. } => Platform::Fcm,
+            Push::WebPush { .. } => Platform::Webpush,
+        }
+    }
+
+    /// What identifies the phone at its push service, as the phones table keeps it: the
+    /// APNs or FCM token, or a Web Push subscription's endpoint.
+    pub fn address(&self) -> &str {
+        match self {
+            Push::Apns { token, .. } | Push::Fcm { token } => token,
+            Push::WebPush { endpoint, .. } => endpoint,
+        }
+    }
+
+    /// A Web Push subscription as the phones table keeps it (`PushSubscription.toJSON()`
+    /// without `expirationTime`); `None` for the other platforms.
+    pub fn subscription_json(&self) -> Option<String> {
+        match self {
+            Push::WebPush { endpoint, p256dh, auth } => {
+                let keys = KeysOut { p256dh: URL_SAFE_NO_PAD.encode(p256dh), auth: URL_SAFE_NO_PAD.encode(auth) };
+                Some(serde_json::to_string(&SubscriptionOut { endpoint, keys }).expect("plain structs serialize"))
+            }
+            _ => None,
         }
     }
 }
@@ -102,11 +110,6 @@ pub struct Grant {
     pub phone_id: i64,
     pub user: String,
     pub doorbells: Vec<Doorbell>,
-}
-
-/// A user or doorbell id: 1 to 64 of letters, digits, `-`, `_`, `.` (the CLI's rule).
-fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn apns_token(s: &str) -> Result<String, String> {
@@ -179,9 +182,10 @@ pub fn parse_registration(plain: &[u8]) -> Result<Registration, String> {
         "fcm" => {
             only(&m, "", &["platform", "token", "name"])?;
             let token = text(&m, "", "token")?;
-            if token.is_empty() || token.len() > FCM_TOKEN_MAX || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(format!("token: must be 1 to {FCM_TOKEN_MAX} printable ASCII characters"));
-            }
+            fcm::check_token(token).map_err(|e| match e {
+                fcm::FcmError::Token(why) => format!("token: {why}"),
+                e => format!("token: {e}"),
+            })?;
             Push::Fcm { token: token.to_string() }
         }
         "webpush" => {
@@ -223,7 +227,7 @@ struct RegistrationOut<'a> {
 /// The JSON a phone seals; refused (naming the field) when it would not parse back.
 pub fn encode_registration(r: &Registration) -> Result<String, String> {
     let mut out = RegistrationOut {
-        platform: r.push.platform(),
+        platform: r.push.platform().as_str(),
         token: None,
         environment: None,
         topic: None,
@@ -275,7 +279,7 @@ pub fn parse_grant(plain: &[u8]) -> Result<Grant, String> {
         }
         let name = text(d, "doorbells: ", "name")?;
         if !name.is_empty() {
-            check_name(name).map_err(|e| format!("doorbells: name: {e}"))?;
+            check_name_within(name, DOORBELL_NAME_MAX).map_err(|e| format!("doorbells: name: {e}"))?;
         }
         doorbells.push(Doorbell { id: id.to_string(), name: name.to_string() });
     }
@@ -324,10 +328,13 @@ mod tests {
                 topic: "com.example.doorbell".into()
             }
         );
-        let fcm = reg(json!({"platform": "fcm", "token": "dXk:APA91b-x_y"})).unwrap();
-        assert_eq!((fcm.push.platform(), fcm.name.as_deref()), ("fcm", None));
+        let fcm = reg(json!({"platform": "fcm", "token": "dXk:APA91bHx-y_z.0123"})).unwrap();
+        assert_eq!((fcm.push.platform(), fcm.name.as_deref()), (Platform::Fcm, None));
         let web = reg(webpush_reg()).unwrap();
-        assert_eq!(web.push.platform(), "webpush");
+        assert_eq!(web.push.platform(), Platform::Webpush);
+        assert_eq!(web.push.address(), "https://push.example.net/wpush/v2/gAAAAABk");
+        let stored: Value = serde_json::from_str(&web.push.subscription_json().unwrap()).unwrap();
+        assert_eq!(stored["keys"]["auth"], URL_SAFE_NO_PAD.encode([9u8; 16]));
         for r in [apns, fcm, web] {
             assert_eq!(parse_registration(encode_registration(&r).unwrap().as_bytes()).unwrap(), r);
         }
@@ -360,10 +367,11 @@ mod tests {
             (apns("platform", "sms".into()), "platform"),
             (apns("subscription", json!({})), "unknown field 'subscription'"),
             (reg(json!({"platform": "fcm", "token": ""})), "token"),
-            (reg(json!({"platform": "fcm", "token": "a b"})), "token"),
+            (reg(json!({"platform": "fcm", "token": "a b".repeat(8)})), "token"),
+            (reg(json!({"platform": "fcm", "token": "short"})), "token"),
             (reg(json!({"platform": "fcm", "token": "x".repeat(FCM_TOKEN_MAX + 1)})), "token"),
             (reg(json!({"platform": "fcm", "token": "é"})), "token"),
-            (reg(json!({"platform": "fcm", "token": "t", "environment": "sandbox"})), "unknown field"),
+            (reg(json!({"platform": "fcm", "token": "t".repeat(20), "environment": "sandbox"})), "unknown field"),
         ];
         for (r, says) in cases {
             let e = r.unwrap_err();
@@ -410,7 +418,7 @@ mod tests {
         assert_eq!(parse_grant(encode_grant(&g).unwrap().as_bytes()).unwrap(), g);
         let most = Grant {
             doorbells: (0..MAX_DOORBELLS)
-                .map(|i| Doorbell { id: format!("{i:0>64}"), name: "\u{1F6AA}".repeat(64) })
+                .map(|i| Doorbell { id: format!("{i:0>64}"), name: "\u{1F6AA}".repeat(DOORBELL_NAME_MAX) })
                 .collect(),
             ..g.clone()
         };

@@ -5,9 +5,9 @@
 //! without padding, in canonical form, their length checked before they are decoded.
 
 use super::json::{bytes, object, only, text};
-use super::names::check_text;
 use super::PakeError;
-use crate::codec::pairing::wire::{valid_request_id, ErrorCode, Refusal};
+use crate::codec::pairing::wire::{valid_request_id, ErrorCode, Refusal, DETAIL_MAX};
+use crate::domain::check_text;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
@@ -35,8 +35,6 @@ pub const SEAL_OVERHEAD: usize = 16;
 /// The largest plaintext each side seals: a registration (6 KiB), a grant (16 KiB).
 pub const MAX_REGISTRATION: usize = 6 * 1024;
 pub const MAX_GRANT: usize = 16 * 1024;
-/// `detail` of a refusal the phone accepts (printed by the reference phone).
-pub const DETAIL_MAX: usize = 256;
 
 /// `P/pair/request`: the phone's SPAKE2 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,10 +209,7 @@ pub fn parse_reply(payload: &[u8]) -> Result<Reply, PakeError> {
         (Some(Value::Bool(false)), _) => {
             only(&m, "", &["request_id", "ok", "error", "detail"]).map_err(bad)?;
             let error = text(&m, "", "error").map_err(bad)?;
-            let error = ERROR_CODES
-                .into_iter()
-                .find(|c| c.as_str() == error)
-                .ok_or_else(|| bad("error: not a documented error code".into()))?;
+            let error = ErrorCode::parse(error).ok_or_else(|| bad("error: not a documented error code".into()))?;
             let detail = match m.get("detail") {
                 None => "",
                 Some(Value::String(s)) if s.chars().count() <= DETAIL_MAX && check_text(s).is_ok() => s,
@@ -246,19 +241,6 @@ pub fn parse_reply(payload: &[u8]) -> Result<Reply, PakeError> {
         _ => Err(bad("ok: must be true or false".into())),
     }
 }
-
-/// Every error code a refusal may carry.
-const ERROR_CODES: [ErrorCode; 9] = [
-    ErrorCode::BadRequest,
-    ErrorCode::InvalidCode,
-    ErrorCode::RateLimited,
-    ErrorCode::Unauthorized,
-    ErrorCode::Stale,
-    ErrorCode::Replayed,
-    ErrorCode::Forbidden,
-    ErrorCode::Conflict,
-    ErrorCode::Internal,
-];
 
 // Encoders. Structs rather than `json!` so that the fields come out in the documented order
 // whatever serde_json's features (the worked example compares exact bytes).
