@@ -171,10 +171,11 @@ pub fn parse_request(payload: &[u8]) -> Result<Request, Refusal> {
     let m = object(payload, MAX_REQUEST).map_err(|d| Refusal::new(None, ErrorCode::BadRequest, d))?;
     let rid = request_id(&m)?;
     let bad = |d: String| Refusal::new(Some(&rid), ErrorCode::BadRequest, d);
-    only(&m, "", &["request_id", "v", "pake"]).map_err(bad)?;
+    // The version first: a pairing v1 app's request reads "update the app", not a field list.
     if m.get("v").and_then(Value::as_u64) != Some(2) {
-        return Err(bad("v: must be 2 (this is pairing version 2)".into()));
+        return Err(bad("v: must be 2 (this gateway speaks pairing version 2; update the app)".into()));
     }
+    only(&m, "", &["request_id", "v", "pake"]).map_err(bad)?;
     let pake = pake(&m, "", b'A').map_err(bad)?;
     Ok(Request { request_id: rid, pake })
 }
