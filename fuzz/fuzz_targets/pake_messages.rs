@@ -4,14 +4,15 @@
 //! makes the phone trust a gateway that did not prove the code.
 #![no_main]
 use dingdong::codec::pairing::pake::gateway::{offer, OfferWindow, OpenWindow};
-use dingdong::codec::pairing::pake::names::{check_name, check_text};
 use dingdong::codec::pairing::pake::phone::{self, AwaitingDone, AwaitingOffer};
 use dingdong::codec::pairing::pake::registration::{
-    encode_grant, encode_registration, parse_grant, parse_registration, Environment, Push, Registration,
+    encode_grant, encode_registration, parse_grant, parse_registration, Push, Registration,
 };
 use dingdong::codec::pairing::pake::wire::{self, Reply, MAX_FINISH, MAX_OFFERS, MAX_REQUEST, REF_MAX};
 use dingdong::codec::pairing::pake::{budget, Code, PakeError};
-use dingdong::codec::pairing::wire::{valid_request_id, Refusal};
+use dingdong::codec::pairing::share;
+use dingdong::codec::pairing::wire::{parse_phone_reply, valid_request_id, PhoneReply, Refusal};
+use dingdong::domain::{check_name, check_text, Environment};
 use libfuzzer_sys::fuzz_target;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -52,7 +53,7 @@ fn phone() -> &'static Phone {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, payload)) = data.split_first() else { return };
-    match sel % 8 {
+    match sel % 10 {
         0 => match wire::parse_request(payload) {
             Ok(r) => {
                 assert!(payload.len() <= MAX_REQUEST && valid_request_id(&r.request_id) && r.pake[0] == b'A');
@@ -119,6 +120,17 @@ fuzz_target!(|data: &[u8]| {
             if let Ok((_, finish)) = phone().awaiting_offer.on_offer(payload) {
                 assert!(wire::parse_finish(finish.as_bytes()).is_ok());
             }
+        }
+        8 => {
+            // A reply to a signed request, as the phone reads it.
+            if let Ok(PhoneReply::Refused { request_id, detail, .. }) = parse_phone_reply(payload) {
+                assert!(request_id.is_none_or(|r| valid_request_id(&r)) && check_text(&detail).is_ok());
+            }
+        }
+        9 => {
+            // A sealed share code opens only under the phone's key: never from the input alone.
+            let text = String::from_utf8_lossy(payload);
+            assert!(share::open_code(&[0x5a; 32], 1, "r", &text).is_err());
         }
         _ => {
             // Any done reply: nothing the input can say makes the phone trust it.

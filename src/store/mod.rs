@@ -25,9 +25,9 @@ use std::path::Path;
 pub enum StoreError {
     #[error("cannot open database {path}: {reason}")]
     Open { path: String, reason: String },
-    #[error("no {kind} '{id}'")]
+    #[error("no {kind} '{}'", crate::domain::printable(id))]
     NotFound { kind: &'static str, id: String },
-    #[error("{kind} '{id}' already exists")]
+    #[error("{kind} '{}' already exists", crate::domain::printable(id))]
     Exists { kind: &'static str, id: String },
     #[error("{0}")]
     Invalid(String),

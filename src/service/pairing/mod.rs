@@ -81,7 +81,7 @@ pub struct Pairing {
 
 /// What a finish's judgement keeps for the reply.
 enum Verdict {
-    Accepted(Accepted),
+    Accepted(Box<Accepted>),
     Refused(Refusal),
 }
 
@@ -176,7 +176,7 @@ impl Pairing {
     }
 
     /// The done reply of a stored phone: the grant, sealed under the exchange's key.
-    fn paired(&self, phone: PairedPhone, accepted: Accepted) -> Option<Reply> {
+    fn paired(&self, phone: PairedPhone, accepted: Box<Accepted>) -> Option<Reply> {
         let doorbells = phone
             .doorbells
             .iter()
@@ -316,7 +316,7 @@ fn judge(
             }
             let phone = new_phone(&accepted.registration);
             let secret = Zeroizing::new(*accepted.secret().expose());
-            Judgement::Pair { window: accepted.window, phone, secret, keep: Verdict::Accepted(accepted) }
+            Judgement::Pair { window: accepted.window, phone, secret, keep: Verdict::Accepted(Box::new(accepted)) }
         }
         Err(rejected) if rejected.wrong.is_empty() => Judgement::Refuse(Verdict::Refused(rejected.refusal)),
         Err(rejected) => {

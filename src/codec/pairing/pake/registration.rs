@@ -113,7 +113,7 @@ pub struct Grant {
 }
 
 fn apns_token(s: &str) -> Result<String, String> {
-    let ok = (64..=200).contains(&s.len()) && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = (64..=200).contains(&s.len()) && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| s.to_ascii_lowercase()).ok_or_else(|| "token: must be 32 to 100 bytes of hex".into())
 }
 
