@@ -22,8 +22,7 @@ mod tests;
 pub use signed::{PhoneAction, PhoneCall, PhoneDenied, PhoneDone};
 
 use super::{Result, Store, StoreError};
-use crate::codec::pairing::pake::budget::{DAY_MS, WINDOW_ATTEMPTS};
-use crate::codec::pairing::pake::wire::MAX_OFFERS;
+use crate::codec::pairing::pake::budget::{DAY_MS, MAX_OPEN_WINDOWS, WINDOW_ATTEMPTS};
 use crate::codec::pairing::{Code, RateLimit, MAX_MINUTES};
 use crate::domain::{Environment, Platform};
 use rand::rngs::OsRng;
@@ -73,7 +72,7 @@ pub struct OfferWindow {
 
 /// What a pair request may be offered.
 pub enum Offer {
-    /// The open windows (at most [`MAX_OFFERS`]; none is possible).
+    /// The open windows (at most [`MAX_OPEN_WINDOWS`]; none is possible).
     Windows(Vec<OfferWindow>),
     /// Too many pair requests lately: nothing is offered.
     RateLimited,
@@ -184,7 +183,7 @@ fn open_windows(tx: &Transaction, now: i64) -> Result<Vec<(i64, String, u32)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Inserts a window with a code no other open window has; refused when [`MAX_OFFERS`] are
+/// Inserts a window with a code no other open window has; refused when [`MAX_OPEN_WINDOWS`] are
 /// open already (a phone is offered every open window, and no more than that).
 pub(super) fn insert_window(
     tx: &Transaction,
@@ -199,8 +198,8 @@ pub(super) fn insert_window(
     }
     sweep(tx, now)?;
     let open = open_windows(tx, now)?;
-    if open.len() >= MAX_OFFERS {
-        return Err(StoreError::WindowsFull(MAX_OFFERS));
+    if open.len() >= MAX_OPEN_WINDOWS {
+        return Err(StoreError::WindowsFull(MAX_OPEN_WINDOWS));
     }
     let code = loop {
         let c = Code::generate(&mut OsRng);
@@ -319,7 +318,7 @@ fn upsert_paired_phone(tx: &Transaction, user_id: i64, phone: &NewPhone, now: i6
 
 impl Store {
     /// Opens a pairing window for `user` (created if new), sharing `share` with them if given
-    /// (it must exist). Refused while [`MAX_OFFERS`] windows are open.
+    /// (it must exist). Refused while [`MAX_OPEN_WINDOWS`] windows are open.
     pub fn open_pair_window(
         &mut self,
         user: &str,
@@ -340,7 +339,7 @@ impl Store {
 
     /// The pair button's window, unless a window the button opened is still open or locked and
     /// unexpired (a locked one still counts, so pressing again cannot widen guessing), or the
-    /// button opened `limit.limit` windows lately, or [`MAX_OFFERS`] windows are open.
+    /// button opened `limit.limit` windows lately, or [`MAX_OPEN_WINDOWS`] windows are open.
     pub fn open_button_window(
         &mut self,
         user: &str,
@@ -361,7 +360,7 @@ impl Store {
         if !limit.allows(rate_count(&tx, "button", limit.per_ms, now)?) {
             return Ok(Err("the button opened too many windows lately"));
         }
-        if open_windows(&tx, now)?.len() >= MAX_OFFERS {
+        if open_windows(&tx, now)?.len() >= MAX_OPEN_WINDOWS {
             return Ok(Err("the most pairing windows are open already"));
         }
         rate_record(&tx, "button", now)?;
@@ -372,7 +371,7 @@ impl Store {
     }
 
     /// A pair request: counted against `limit` (all phones together), then the open windows
-    /// with their codes, at most [`MAX_OFFERS`].
+    /// with their codes, at most [`MAX_OPEN_WINDOWS`].
     pub fn pair_offer(&mut self, limit: RateLimit, now: i64) -> Result<Offer> {
         let tx = immediate(self)?;
         if !limit.allows(rate_count(&tx, PAIR, limit.per_ms, now)?) {
@@ -381,7 +380,7 @@ impl Store {
         rate_record(&tx, PAIR, now)?;
         sweep(&tx, now)?;
         let mut windows = Vec::new();
-        for (id, code, _) in open_windows(&tx, now)?.into_iter().take(MAX_OFFERS) {
+        for (id, code, _) in open_windows(&tx, now)?.into_iter().take(MAX_OPEN_WINDOWS) {
             let code = Zeroizing::new(code);
             // Codes are written by `insert_window` only; one that does not read is skipped.
             if let Ok(code) = Code::parse(&code) {

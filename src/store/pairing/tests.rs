@@ -93,7 +93,7 @@ fn a_window_keeps_its_eight_digit_code_while_open_and_drops_it_when_used() {
 #[test]
 fn at_most_four_windows_are_open_at_once_and_expired_ones_lose_their_code() {
     let (_d, mut s) = store();
-    let ids: Vec<i64> = (0..MAX_OFFERS)
+    let ids: Vec<i64> = (0..MAX_OPEN_WINDOWS)
         .map(|i| s.open_pair_window(&format!("u{i}"), None, 1, Opener::Cli, T0).unwrap().window_id)
         .collect();
     let e = s.open_pair_window("u9", None, 5, Opener::Cli, T0).err().unwrap();

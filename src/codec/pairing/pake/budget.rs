@@ -13,6 +13,9 @@
 
 use super::CODE_SPACE;
 
+/// Windows open at once, at most: a phone is offered every open window, and an offer holds at
+/// most `wire::MAX_OFFERS`.
+pub const MAX_OPEN_WINDOWS: usize = super::wire::MAX_OFFERS;
 /// Wrong judged guesses after which a window is closed for good.
 pub const WINDOW_ATTEMPTS: u32 = 5;
 /// Wrong judged guesses allowed in any rolling [`DAY_MS`], all windows together.
