@@ -6,7 +6,6 @@
 use crate::app::config::{Config, ConfigError};
 use crate::app::instance::{InstanceError, InstanceLock};
 use crate::app::settings;
-use crate::codec::bridge;
 use crate::codec::homeassistant as ha;
 use crate::net::mqtt::Subscription;
 use crate::service::intake::{HaSettings, Intake};
@@ -87,7 +86,7 @@ fn outbox_settings(cfg: &Config) -> OutboxSettings {
 }
 
 /// The topics the daemon listens to: its own button and pairing topics, the radio bridges'
-/// topics, and Home Assistant's birth message when discovery is on.
+/// topics (`[bridges]`), and Home Assistant's birth message when discovery is on.
 pub fn subscriptions(cfg: &Config) -> Vec<Subscription> {
     let p = &cfg.mqtt.topic_prefix;
     let mut subs = vec![
@@ -96,9 +95,11 @@ pub fn subscriptions(cfg: &Config) -> Vec<Subscription> {
         Subscription::events(format!("{p}/phone/+/+")),
         Subscription::events(format!("{p}/gateway/pair-button")),
     ];
-    subs.extend(bridge::BRIDGE_TOPICS.iter().map(|t| Subscription::events(*t)));
+    subs.extend(settings::routes(cfg).bridge_filters().into_iter().map(Subscription::events));
     if cfg.homeassistant.discovery {
         subs.push(Subscription::state(ha::status_topic(&cfg.homeassistant.discovery_prefix)));
+        // The retained configs: entities of doorbells removed while we were stopped go too.
+        subs.push(Subscription::state(ha::config_filter(&cfg.homeassistant.discovery_prefix)));
     }
     subs
 }
@@ -167,6 +168,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     );
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
+        routes: settings::routes(&cfg),
         store: store.clone(),
         ha: cfg.homeassistant.discovery.then(|| HaSettings {
             discovery_prefix: cfg.homeassistant.discovery_prefix.clone(),
@@ -197,6 +199,8 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
         let _ = r.send(());
     }
     tracker.spawn(watchdog(heartbeat, stop.clone()));
+    // The ring history kept to [history] retention, in small steps.
+    tracker.spawn(crate::service::history::run(store.clone(), cfg.history.retention.0, stop.clone()));
 
     let live = Live { outbox: outbox.clone(), ringer };
     loop {

@@ -150,6 +150,19 @@ pub fn mqtt(cfg: &Config, subscriptions: Vec<Subscription>) -> Result<MqttSettin
     })
 }
 
+/// Where presses arrive: the prefix of `[mqtt]` and the bridges' topics of `[bridges]` (an
+/// empty value turns that bridge off).
+pub fn routes(cfg: &Config) -> crate::codec::bridge::Routes {
+    let b = &cfg.bridges;
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    crate::codec::bridge::Routes {
+        prefix: cfg.mqtt.topic_prefix.clone(),
+        rtl_433: some(&b.rtl_433_events),
+        zigbee2mqtt: some(&b.zigbee2mqtt_base),
+        tasmota: b.tasmota_topics.iter().filter(|t| !t.is_empty()).cloned().collect(),
+    }
+}
+
 /// Settings for a short-lived tool client (`dingdong ring`, diag): its own client id, a clean
 /// session, no will, no subscriptions.
 pub fn mqtt_tool(cfg: &Config, client_id: String) -> Result<MqttSettings, MqttError> {

@@ -2,6 +2,7 @@
 //! They talk to the store and the transports, never to TOML.
 
 pub mod feedback;
+pub mod history;
 pub mod intake;
 pub mod outbox;
 pub mod pairing;

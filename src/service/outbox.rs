@@ -11,6 +11,7 @@ use crate::domain::{Message, Outcome, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
 use crate::service::publisher::Publisher;
+pub use crate::store::rings::Latency;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
@@ -120,12 +121,6 @@ pub struct RingReport {
     pub results: Option<Vec<PhoneOutcome>>,
 }
 
-#[derive(Debug, Default, Serialize, Clone, Copy)]
-pub struct Latency {
-    pub first: Option<i64>,
-    pub all: Option<i64>,
-}
-
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
@@ -200,7 +195,7 @@ impl Outbox {
         let ring = job.ring_id.clone();
         let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
             let ring = ring.clone();
-            move |s: &mut crate::store::Store| s.finish_ring(&ring)
+            move |s: &mut crate::store::Store| s.finish_ring(&ring, latency)
         });
         let summary = summary.await?;
         let results = if summary.phones as usize <= DETAIL_LIMIT {
