@@ -39,6 +39,13 @@ pub fn client_identity(c: &CertificateAuth) -> Result<ClientIdentity, AuthError>
     }
 }
 
+/// When the push certificate of `[apns.certificate]` expires (UNIX seconds), for the metrics;
+/// `None` with token auth or a certificate that cannot be read (the transport says why).
+pub fn certificate_expiry(cfg: &Config) -> Option<i64> {
+    let identity = client_identity(cfg.apns.certificate.as_ref()?).ok()?;
+    Some(crate::net::apns::certinfo::parse(identity.chain.first()?).ok()?.not_after)
+}
+
 fn certificate(cfg: &Config) -> Result<ClientIdentity, SettingsError> {
     let c = cfg.apns.certificate.as_ref().ok_or(SettingsError::Missing {
         key: "apns.certificate",

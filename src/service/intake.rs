@@ -70,6 +70,8 @@ pub struct Intake {
     pub stop: CancellationToken,
     /// Stamped every tick while the loop is alive: the watchdog reads it.
     pub heartbeat: Arc<AtomicI64>,
+    /// Where presses are counted by bridge (the daemon's metrics).
+    pub metrics: Option<Arc<crate::service::metrics::Metrics>>,
 }
 
 /// What the loop keeps between messages.
@@ -181,6 +183,9 @@ impl Intake {
             return None;
         }
         self.ringer.stats.presses.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.press(press.source);
+        }
         Some(Kept { press, topic: m.topic, received_at, ack: m.ack })
     }
 

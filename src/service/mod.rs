@@ -4,6 +4,7 @@
 pub mod feedback;
 pub mod history;
 pub mod intake;
+pub mod metrics;
 pub mod outbox;
 pub mod pairing;
 pub mod publisher;

@@ -7,9 +7,10 @@
 //! APNs server itself: a [`Transport`] does.
 
 use crate::codec::apns_payload::ring_payload;
-use crate::domain::{Message, Outcome, Target};
+use crate::domain::{Message, Outcome, PhoneState, Reason, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
+use crate::service::metrics::{Metrics, TransportGauges};
 use crate::service::publisher::Publisher;
 pub use crate::store::rings::Latency;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
@@ -59,6 +60,23 @@ impl Transport {
             Transport::Http2(c) => c.stopped(),
             Transport::Binary(_) => None,
         }
+    }
+
+    /// Its state for the metrics. The legacy sender holds no connection between rings.
+    pub fn gauges(&self) -> TransportGauges {
+        match self {
+            Transport::Http2(c) => TransportGauges {
+                connections: c.open_connections(),
+                jwt_age_secs: c.jwt_age_secs(),
+                stopped: c.stopped().is_some(),
+            },
+            Transport::Binary(_) => TransportGauges::default(),
+        }
+    }
+
+    /// The push platform it serves, as the metrics name it.
+    pub fn platform(&self) -> &'static str {
+        "apns"
     }
 
     /// Sends to every target; after `stop`, nothing new is started and what was not started
@@ -129,6 +147,41 @@ pub struct Outbox {
     current: Arc<RwLock<(Transport, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
+    /// Where outcomes, retries and latencies are counted (the daemon's).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
+/// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
+struct Pending {
+    metrics: Option<Arc<Metrics>>,
+    left: usize,
+}
+
+impl Pending {
+    fn new(metrics: Option<Arc<Metrics>>, phones: usize) -> Pending {
+        if let Some(m) = &metrics {
+            m.delivery_started(phones);
+        }
+        Pending { metrics, left: phones }
+    }
+
+    fn settled(&mut self, n: usize) {
+        let n = n.min(self.left);
+        self.left -= n;
+        if let Some(m) = &self.metrics {
+            m.settled(n);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.settled(self.left);
+            m.delivery_ended();
+        }
+    }
 }
 
 impl Outbox {
@@ -138,7 +191,13 @@ impl Outbox {
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
-        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher }
+        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher, metrics: None }
+    }
+
+    /// Counts outcomes, retries and latencies in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Outbox {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The transport new deliveries use.
@@ -177,8 +236,12 @@ impl Outbox {
                 by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
             }
         };
+        let mut pending = Pending::new(self.metrics.clone(), phones.len());
         drop(phones);
         let mut latency = Latency::default();
+        if let Some(m) = &self.metrics {
+            m.first_request(crate::domain::now_ms() - job.received_at);
+        }
         for (topic, targets, seqs) in groups {
             let msg = Arc::new(Message {
                 topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
@@ -188,7 +251,7 @@ impl Outbox {
                 priority: 10,
             });
             let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency).await {
+            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency, &mut pending).await {
                 return None; // stopping: the rest stays pending
             }
         }
@@ -205,6 +268,10 @@ impl Outbox {
             None
         };
         let report = RingReport { summary, latency_ms: latency, results };
+        if let Some(m) = &self.metrics {
+            m.answers(latency.first, latency.all);
+            m.ring_finished(report.summary.state);
+        }
         info!(
             ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
             failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
@@ -221,7 +288,12 @@ impl Outbox {
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }),
+            Ok(summary) => {
+                if let Some(m) = &self.metrics {
+                    m.ring_finished(summary.state);
+                }
+                self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None })
+            }
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }
@@ -269,6 +341,7 @@ impl Outbox {
         mut seqs: Vec<i64>,
         round: &Round<'_>,
         latency: &mut Latency,
+        pending_phones: &mut Pending,
     ) -> bool {
         let stop = round.stop;
         let mut attempt = 0u32;
@@ -310,7 +383,10 @@ impl Outbox {
                             for (i, outcome) in got.drain(..) {
                                 heard[i] = true;
                                 match outcome {
-                                    Outcome::Retry { after, .. } => {
+                                    Outcome::Retry { after, ref reason } => {
+                                        if let Some(m) = &self.metrics {
+                                            m.retry(round.transport.platform(), Some(reason));
+                                        }
                                         hint = hint.max(after);
                                         retry.push(targets[i].clone());
                                         retry_seqs.push(job_seqs[i]);
@@ -319,17 +395,18 @@ impl Outbox {
                                         seq: job_seqs[i],
                                         phone_id: targets[i].phone_id,
                                         token: targets[i].token.clone(),
+                                        environment: targets[i].environment,
                                         outcome,
                                     }),
                                 }
                             }
                             if batch.len() >= BATCH {
-                                self.flush(&job.ring_id, &mut batch).await;
+                                self.flush(&job.ring_id, &mut batch, pending_phones).await;
                             }
                         },
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => {
-                            self.flush(&job.ring_id, &mut batch).await;
+                            self.flush(&job.ring_id, &mut batch, pending_phones).await;
                         }
                     }
                 }
@@ -339,7 +416,7 @@ impl Outbox {
                 }
                 // What could not be written yet is written now, however long the store needs.
                 let mut wait = STORE_RETRY_MIN;
-                while !self.flush(&job.ring_id, &mut batch).await {
+                while !self.flush(&job.ring_id, &mut batch, pending_phones).await {
                     tokio::select! {
                         // cancel-safe: only a timer
                         _ = tokio::time::sleep(wait) => {}
@@ -372,6 +449,12 @@ impl Outbox {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(wait) = round.retry.delay(attempt, remaining, jitter, hint) else {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
+                if let Some(m) = &self.metrics {
+                    for t in pending.iter() {
+                        m.notification(round.transport.platform(), t.environment, PhoneState::Expired, Some(&Reason::Expired));
+                    }
+                }
+                pending_phones.settled(pending.len());
                 break; // finish_ring marks them expired
             };
             warn!(ring = %job.ring_id, phones = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
@@ -383,8 +466,23 @@ impl Outbox {
         true
     }
 
+    /// Counts recorded outcomes in the metrics.
+    fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
+        let Some(m) = &self.metrics else { return };
+        let platform = self.transport().platform();
+        for row in rows {
+            let state = match row.outcome.state() {
+                PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
+                s => s,
+            };
+            m.notification(platform, row.environment, state, row.outcome.reason());
+        }
+    }
+
     /// Writes `batch`; false if the store refused it (then `batch` keeps it for the next try).
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) -> bool {
+    /// What is written is counted: each phone's outcome as the store recorded it (a prune of a
+    /// phone registered again is a failure).
+    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>, pending: &mut Pending) -> bool {
         if batch.is_empty() {
             return true;
         }
@@ -393,12 +491,18 @@ impl Outbox {
         let n = items.len();
         let shared = items.clone();
         match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
-            Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+            Ok(r) => {
+                if r.pruned + r.kept > 0 {
+                    info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                }
+                self.count(&items, &r.kept_phones);
+                pending.settled(n);
                 true
             }
-            Ok(_) => true,
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.outbox_store_fault();
+                }
                 warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
                 *batch = Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone());
                 false

@@ -168,6 +168,7 @@ mod tests {
             seq: seq as i64,
             phone_id: t[seq].phone_id,
             token: t[seq].token.clone(),
+            environment: t[seq].environment,
             outcome,
         };
         let mut batch =

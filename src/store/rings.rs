@@ -203,15 +203,20 @@ pub struct OutcomeRow {
     pub seq: i64,
     pub phone_id: i64,
     pub token: Token,
+    /// The phone's environment as the job had it (for the outbox's counts; the store reads it
+    /// from the phone).
+    pub environment: Environment,
     pub outcome: Outcome,
 }
 
 /// What recording a batch of outcomes did to the phones table.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub pruned: usize,
     /// Dead per Apple, but registered again after Apple's timestamp: kept.
     pub kept: usize,
+    /// The phones kept, recorded as failed instead of pruned.
+    pub kept_phones: Vec<i64>,
 }
 
 /// What a ring's phones have come to: the settled counts, and the recorded outcomes.
@@ -374,6 +379,7 @@ impl Store {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
+                        rec.kept_phones.push(row.phone_id);
                         state = PhoneState::Failed;
                         tx.execute(
                             "UPDATE ring_outcomes SET state = ?3 WHERE ring_id = ?1 AND phone_id = ?2",
@@ -658,7 +664,7 @@ mod tests {
     /// The outcome row of the job's phone at position `seq`.
     fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
         let p = &phones.targets[seq];
-        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
+        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), environment: p.environment, outcome }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
@@ -829,7 +835,8 @@ mod tests {
             Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) },
         ];
         let batch: Vec<OutcomeRow> = outcomes.into_iter().enumerate().map(|(i, o)| row(&job.phones, i, o)).collect();
-        assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
+        let rec = s.record_outcomes("r1", &batch).unwrap();
+        assert_eq!((rec.pruned, rec.kept, rec.kept_phones), (1, 1, vec![job.phones.targets[2].phone_id]));
         let sum = s.finish_ring("r1", Latency::default()).unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.pruned, sum.failed), (3, 1, 1, 1));
         assert_eq!(s.list_phones().unwrap().len(), 2);
