@@ -243,7 +243,9 @@ async fn bridge_topics_come_from_the_config() {
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
     let rf = |data: &str| {
-        format!(r#"{{"Time":"2026-11-23T11:14:14","RfReceived":{{"Sync":12220,"Low":440,"High":1210,"Data":"{data}","RfKey":"None"}}}}"#)
+        format!(
+            r#"{{"Time":"2026-11-23T11:14:14","RfReceived":{{"Sync":12220,"Low":440,"High":1210,"Data":"{data}","RfKey":"None"}}}}"#
+        )
     };
     obs.publish("rfbridge/tele/RESULT", rf("E5CD7E").as_bytes()).await;
     assert_eq!(obs.ring_outcome().await["doorbell"], "front");

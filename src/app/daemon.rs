@@ -151,8 +151,8 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     );
 
     let metrics = Metrics::new();
-    let outbox =
-        Outbox::new(store.clone(), transport, Some(publisher.clone()), outbox_settings(&cfg)).with_metrics(metrics.clone());
+    let outbox = Outbox::new(store.clone(), transport, Some(publisher.clone()), outbox_settings(&cfg))
+        .with_metrics(metrics.clone());
     let stats = Arc::new(IntakeStats::default());
     let certificate_expiry = Arc::new(AtomicI64::new(settings::certificate_expiry(&cfg).unwrap_or(0)));
     metrics.watch(Live {

@@ -13,6 +13,6 @@ pub mod instance;
 pub mod logging;
 pub mod service_user;
 pub mod settings;
-pub mod status;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod status;

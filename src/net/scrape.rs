@@ -32,7 +32,8 @@ pub fn respond(head: &[u8], render: impl FnOnce() -> String) -> Vec<u8> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.trim_end().split(' ');
-    let (method, target, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target, version) =
+        (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = if !version.starts_with("HTTP/1.") {
         ("400 Bad Request", "text/plain; charset=utf-8", "not an HTTP/1 request\n".to_string())
@@ -108,7 +109,11 @@ async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
-            stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await?;
+            stream
+                .write_all(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await?;
             return Ok(());
         }
     }

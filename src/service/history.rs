@@ -32,7 +32,7 @@ pub async fn prune(store: &StoreHandle, retention: Duration, stop: &Cancellation
     while !stop.is_cancelled() {
         let t0 = Instant::now();
         match store.run(move |s| s.prune_rings(before, STEP_RINGS)).await {
-            Ok(Pruned { rings: 0, .. }) => break,
+            Ok(Pruned { rings: 0, rows: 0 }) => break,
             Ok(step) => {
                 pass.longest = pass.longest.max(t0.elapsed());
                 pass.rings += step.rings;

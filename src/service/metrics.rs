@@ -140,7 +140,11 @@ impl Metrics {
             Unit::Seconds,
             m.last_answer.clone(),
         );
-        r.register("outbox_pending_phones", "Phones of rings under way without a final answer", m.pending_phones.clone());
+        r.register(
+            "outbox_pending_phones",
+            "Phones of rings under way without a final answer",
+            m.pending_phones.clone(),
+        );
         r.register("outbox_rings", "Rings being delivered", m.delivering.clone());
         r.register(
             "outbox_store_faults",
@@ -171,8 +175,12 @@ impl Metrics {
 
     /// A phone's final outcome, as recorded.
     pub fn notification(&self, platform: &'static str, env: Environment, state: PhoneState, reason: Option<&Reason>) {
-        let labels =
-            NotificationLabels { platform, environment: env.as_str(), outcome: state.as_str(), reason: reason_label(reason) };
+        let labels = NotificationLabels {
+            platform,
+            environment: env.as_str(),
+            outcome: state.as_str(),
+            reason: reason_label(reason),
+        };
         self.notifications.get_or_create(&labels).inc();
     }
 
@@ -223,21 +231,33 @@ impl Collector for Live {
         let i = &self.intake;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let counters: [(&str, &str, u64); 15] = [
-            ("rings", "Rings started (presses that became a new ring)", load(&i.rings)),
-            ("intake_presses", "Presses taken from the broker", load(&i.presses)),
-            ("intake_folded", "Presses folded into a ring in progress (debounce)", load(&i.folded)),
-            ("intake_duplicates", "Presses delivered again by the broker, already rung", load(&i.duplicates)),
-            ("intake_expired", "Presses that arrived after their ring's expiry", load(&i.expired)),
-            ("intake_unknown_buttons", "Presses of buttons bound to no doorbell", load(&i.unknown_buttons)),
-            ("intake_malformed", "Messages refused as malformed", load(&i.malformed)),
-            ("intake_oversize", "Messages refused as too large", load(&i.oversize)),
-            ("intake_retained", "Retained presses ignored", load(&i.retained)),
-            ("intake_kept", "Presses kept in memory while the store refused them", load(&i.kept)),
-            ("store_faults", "Failed attempts to record presses (the store busy, locked or full)", load(&i.store_faults)),
-            ("mqtt_published", "Messages published to the broker", load(&self.publish.published)),
-            ("mqtt_acked", "Messages acknowledged to the broker", load(&self.publish.acked)),
-            ("mqtt_events_dropped", "Events dropped because the broker did not take them fast enough", load(&self.publish.dropped)),
-            ("mqtt_retained_coalesced", "Retained states replaced by a newer one before they were sent", load(&self.publish.coalesced)),
+            ("rings", "Rings started (presses that became a new ring).", load(&i.rings)),
+            ("intake_presses", "Presses taken from the broker.", load(&i.presses)),
+            ("intake_folded", "Presses folded into a ring in progress (debounce).", load(&i.folded)),
+            ("intake_duplicates", "Presses delivered again by the broker, already rung.", load(&i.duplicates)),
+            ("intake_expired", "Presses that arrived after their ring's expiry.", load(&i.expired)),
+            ("intake_unknown_buttons", "Presses of buttons bound to no doorbell.", load(&i.unknown_buttons)),
+            ("intake_malformed", "Messages refused as malformed.", load(&i.malformed)),
+            ("intake_oversize", "Messages refused as too large.", load(&i.oversize)),
+            ("intake_retained", "Retained presses ignored.", load(&i.retained)),
+            ("intake_kept", "Presses kept in memory while the store refused them.", load(&i.kept)),
+            (
+                "store_faults",
+                "Failed attempts to record presses (the store busy, locked or full).",
+                load(&i.store_faults),
+            ),
+            ("mqtt_published", "Messages published to the broker.", load(&self.publish.published)),
+            ("mqtt_acked", "Messages acknowledged to the broker.", load(&self.publish.acked)),
+            (
+                "mqtt_events_dropped",
+                "Events dropped because the broker did not take them fast enough.",
+                load(&self.publish.dropped),
+            ),
+            (
+                "mqtt_retained_coalesced",
+                "Retained states replaced by a newer one before they were sent.",
+                load(&self.publish.coalesced),
+            ),
         ];
         for (name, help, value) in counters {
             let c = ConstCounter::new(value);
@@ -245,15 +265,25 @@ impl Collector for Live {
         }
         let t = (self.transport)();
         let mut gauges: Vec<(&str, &str, Option<&Unit>, i64)> = vec![
-            ("apns_connections", "Connections open to the push service", None, t.connections as i64),
-            ("apns_transport_stopped", "1 when the push service refused our credentials and sending stopped", None, t.stopped as i64),
+            ("apns_connections", "Connections open to the push service.", None, t.connections as i64),
+            (
+                "apns_transport_stopped",
+                "1 when the push service refused our credentials and sending stopped.",
+                None,
+                t.stopped as i64,
+            ),
         ];
         if let Some(age) = t.jwt_age_secs {
-            gauges.push(("apns_jwt_age", "Age of the provider token (JWT) in use", Some(&Unit::Seconds), age as i64));
+            gauges.push(("apns_jwt_age", "Age of the provider token (JWT) in use.", Some(&Unit::Seconds), age as i64));
         }
         let expiry = self.certificate_expiry.load(Ordering::Relaxed);
         if expiry > 0 {
-            gauges.push(("apns_certificate_expiry_timestamp", "When the push certificate expires, UNIX time", Some(&Unit::Seconds), expiry));
+            gauges.push((
+                "apns_certificate_expiry_timestamp",
+                "When the push certificate expires, UNIX time.",
+                Some(&Unit::Seconds),
+                expiry,
+            ));
         }
         for (name, help, unit, value) in gauges {
             let g = ConstGauge::new(value);

@@ -451,7 +451,12 @@ impl Outbox {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
                 if let Some(m) = &self.metrics {
                     for t in pending.iter() {
-                        m.notification(round.transport.platform(), t.environment, PhoneState::Expired, Some(&Reason::Expired));
+                        m.notification(
+                            round.transport.platform(),
+                            t.environment,
+                            PhoneState::Expired,
+                            Some(&Reason::Expired),
+                        );
                     }
                 }
                 pending_phones.settled(pending.len());

@@ -664,7 +664,13 @@ mod tests {
     /// The outcome row of the job's phone at position `seq`.
     fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
         let p = &phones.targets[seq];
-        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), environment: p.environment, outcome }
+        OutcomeRow {
+            seq: seq as i64,
+            phone_id: p.phone_id,
+            token: p.token.clone(),
+            environment: p.environment,
+            outcome,
+        }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
