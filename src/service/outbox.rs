@@ -151,6 +151,12 @@ pub struct Outbox {
     metrics: Option<Arc<Metrics>>,
 }
 
+/// What a delivery measures and counts as it goes.
+struct Tally {
+    latency: Latency,
+    pending: Pending,
+}
+
 /// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
 /// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
 struct Pending {
@@ -236,9 +242,9 @@ impl Outbox {
                 by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
             }
         };
-        let mut pending = Pending::new(self.metrics.clone(), phones.len());
+        let mut tally =
+            Tally { latency: Latency::default(), pending: Pending::new(self.metrics.clone(), phones.len()) };
         drop(phones);
-        let mut latency = Latency::default();
         if let Some(m) = &self.metrics {
             m.first_request(crate::domain::now_ms() - job.received_at);
         }
@@ -251,10 +257,11 @@ impl Outbox {
                 priority: 10,
             });
             let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency, &mut pending).await {
+            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut tally).await {
                 return None; // stopping: the rest stays pending
             }
         }
+        let latency = tally.latency;
         let ring = job.ring_id.clone();
         let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
             let ring = ring.clone();
@@ -340,8 +347,7 @@ impl Outbox {
         mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
         round: &Round<'_>,
-        latency: &mut Latency,
-        pending_phones: &mut Pending,
+        tally: &mut Tally,
     ) -> bool {
         let stop = round.stop;
         let mut attempt = 0u32;
@@ -376,8 +382,8 @@ impl Outbox {
                             if n == 0 {
                                 break;
                             }
-                            if latency.first.is_none() {
-                                latency.first = Some(crate::domain::now_ms() - job.received_at);
+                            if tally.latency.first.is_none() {
+                                tally.latency.first = Some(crate::domain::now_ms() - job.received_at);
                             }
                             answered = true;
                             for (i, outcome) in got.drain(..) {
@@ -401,22 +407,22 @@ impl Outbox {
                                 }
                             }
                             if batch.len() >= BATCH {
-                                self.flush(&job.ring_id, &mut batch, pending_phones).await;
+                                self.flush(&job.ring_id, &mut batch, &mut tally.pending).await;
                             }
                         },
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => {
-                            self.flush(&job.ring_id, &mut batch, pending_phones).await;
+                            self.flush(&job.ring_id, &mut batch, &mut tally.pending).await;
                         }
                     }
                 }
                 // The channel closes as the last answer is handed over: that moment is "all".
                 if answered {
-                    latency.all = Some(crate::domain::now_ms() - job.received_at);
+                    tally.latency.all = Some(crate::domain::now_ms() - job.received_at);
                 }
                 // What could not be written yet is written now, however long the store needs.
                 let mut wait = STORE_RETRY_MIN;
-                while !self.flush(&job.ring_id, &mut batch, pending_phones).await {
+                while !self.flush(&job.ring_id, &mut batch, &mut tally.pending).await {
                     tokio::select! {
                         // cancel-safe: only a timer
                         _ = tokio::time::sleep(wait) => {}
@@ -459,7 +465,7 @@ impl Outbox {
                         );
                     }
                 }
-                pending_phones.settled(pending.len());
+                tally.pending.settled(pending.len());
                 break; // finish_ring marks them expired
             };
             warn!(ring = %job.ring_id, phones = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");

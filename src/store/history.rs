@@ -71,23 +71,19 @@ impl Store {
 
     /// One ring with its counts, or `NotFound`.
     pub fn ring_line(&self, ring_id: &str) -> Result<RingLine> {
-        let row: Option<(String, i64, Option<i64>, Option<i64>, Option<i64>)> = self
+        // (doorbell_name, received_at, finished_at, latency)
+        type Row = (String, i64, Option<i64>, Latency);
+        let row: Option<Row> = self
             .conn
             .query_row(
                 "SELECT doorbell_name, received_at, finished_at, first_ms, all_ms FROM rings WHERE id = ?1",
                 [ring_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, Latency { first: r.get(3)?, all: r.get(4)? })),
             )
             .optional()?;
-        let (doorbell_name, received_at, finished_at, first, all) =
+        let (doorbell_name, received_at, finished_at, latency_ms) =
             row.ok_or_else(|| StoreError::NotFound { kind: "ring", id: ring_id.into() })?;
-        Ok(RingLine {
-            summary: self.ring_summary(ring_id)?,
-            doorbell_name,
-            received_at,
-            finished_at,
-            latency_ms: Latency { first, all },
-        })
+        Ok(RingLine { summary: self.ring_summary(ring_id)?, doorbell_name, received_at, finished_at, latency_ms })
     }
 
     /// One ring with every phone, whole tokens.
