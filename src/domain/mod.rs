@@ -8,6 +8,7 @@ pub mod mem;
 pub mod outcome;
 pub mod platform;
 pub mod press;
+pub mod state;
 pub mod time;
 pub mod token;
 
@@ -15,5 +16,6 @@ pub use ids::{check_id, check_name, check_name_within, check_text, printable, va
 pub use outcome::{Message, Outcome, Reason, Target};
 pub use platform::Platform;
 pub use press::{ButtonPress, Source};
+pub use state::{PhoneState, RingState};
 pub use time::{now_ms, now_us};
 pub use token::{normalize_token, short_token, Environment, Token, TokenError, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES};

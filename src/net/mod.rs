@@ -3,4 +3,5 @@
 
 pub mod apns;
 pub mod mqtt;
+pub mod scrape;
 pub mod tls;

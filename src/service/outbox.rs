@@ -7,10 +7,12 @@
 //! APNs server itself: a [`Transport`] does.
 
 use crate::codec::apns_payload::ring_payload;
-use crate::domain::{Message, Outcome, Target};
+use crate::domain::{Message, Outcome, PhoneState, Reason, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
+use crate::service::metrics::{Metrics, TransportGauges};
 use crate::service::publisher::Publisher;
+pub use crate::store::rings::Latency;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
@@ -58,6 +60,23 @@ impl Transport {
             Transport::Http2(c) => c.stopped(),
             Transport::Binary(_) => None,
         }
+    }
+
+    /// Its state for the metrics. The legacy sender holds no connection between rings.
+    pub fn gauges(&self) -> TransportGauges {
+        match self {
+            Transport::Http2(c) => TransportGauges {
+                connections: c.open_connections(),
+                jwt_age_secs: c.jwt_age_secs(),
+                stopped: c.stopped().is_some(),
+            },
+            Transport::Binary(_) => TransportGauges::default(),
+        }
+    }
+
+    /// The push platform it serves, as the metrics name it.
+    pub fn platform(&self) -> &'static str {
+        "apns"
     }
 
     /// Sends to every target; after `stop`, nothing new is started and what was not started
@@ -120,12 +139,6 @@ pub struct RingReport {
     pub results: Option<Vec<PhoneOutcome>>,
 }
 
-#[derive(Debug, Default, Serialize, Clone, Copy)]
-pub struct Latency {
-    pub first: Option<i64>,
-    pub all: Option<i64>,
-}
-
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
@@ -134,6 +147,47 @@ pub struct Outbox {
     current: Arc<RwLock<(Transport, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
+    /// Where outcomes, retries and latencies are counted (the daemon's).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// What a delivery measures and counts as it goes.
+struct Tally {
+    latency: Latency,
+    pending: Pending,
+}
+
+/// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
+/// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
+struct Pending {
+    metrics: Option<Arc<Metrics>>,
+    left: usize,
+}
+
+impl Pending {
+    fn new(metrics: Option<Arc<Metrics>>, phones: usize) -> Pending {
+        if let Some(m) = &metrics {
+            m.delivery_started(phones);
+        }
+        Pending { metrics, left: phones }
+    }
+
+    fn settled(&mut self, n: usize) {
+        let n = n.min(self.left);
+        self.left -= n;
+        if let Some(m) = &self.metrics {
+            m.settled(n);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.settled(self.left);
+            m.delivery_ended();
+        }
+    }
 }
 
 impl Outbox {
@@ -143,7 +197,13 @@ impl Outbox {
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
-        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher }
+        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher, metrics: None }
+    }
+
+    /// Counts outcomes, retries and latencies in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Outbox {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The transport new deliveries use.
@@ -182,8 +242,12 @@ impl Outbox {
                 by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
             }
         };
+        let mut tally =
+            Tally { latency: Latency::default(), pending: Pending::new(self.metrics.clone(), phones.len()) };
         drop(phones);
-        let mut latency = Latency::default();
+        if let Some(m) = &self.metrics {
+            m.first_request(crate::domain::now_ms() - job.received_at);
+        }
         for (topic, targets, seqs) in groups {
             let msg = Arc::new(Message {
                 topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
@@ -193,14 +257,15 @@ impl Outbox {
                 priority: 10,
             });
             let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency).await {
+            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut tally).await {
                 return None; // stopping: the rest stays pending
             }
         }
+        let latency = tally.latency;
         let ring = job.ring_id.clone();
         let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
             let ring = ring.clone();
-            move |s: &mut crate::store::Store| s.finish_ring(&ring)
+            move |s: &mut crate::store::Store| s.finish_ring(&ring, latency)
         });
         let summary = summary.await?;
         let results = if summary.phones as usize <= DETAIL_LIMIT {
@@ -210,6 +275,10 @@ impl Outbox {
             None
         };
         let report = RingReport { summary, latency_ms: latency, results };
+        if let Some(m) = &self.metrics {
+            m.answers(latency.first, latency.all);
+            m.ring_finished(report.summary.state);
+        }
         info!(
             ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
             failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
@@ -226,7 +295,12 @@ impl Outbox {
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }),
+            Ok(summary) => {
+                if let Some(m) = &self.metrics {
+                    m.ring_finished(summary.state);
+                }
+                self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None })
+            }
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }
@@ -273,7 +347,7 @@ impl Outbox {
         mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
         round: &Round<'_>,
-        latency: &mut Latency,
+        tally: &mut Tally,
     ) -> bool {
         let stop = round.stop;
         let mut attempt = 0u32;
@@ -308,14 +382,17 @@ impl Outbox {
                             if n == 0 {
                                 break;
                             }
-                            if latency.first.is_none() {
-                                latency.first = Some(crate::domain::now_ms() - job.received_at);
+                            if tally.latency.first.is_none() {
+                                tally.latency.first = Some(crate::domain::now_ms() - job.received_at);
                             }
                             answered = true;
                             for (i, outcome) in got.drain(..) {
                                 heard[i] = true;
                                 match outcome {
-                                    Outcome::Retry { after, .. } => {
+                                    Outcome::Retry { after, ref reason } => {
+                                        if let Some(m) = &self.metrics {
+                                            m.retry(round.transport.platform(), Some(reason));
+                                        }
                                         hint = hint.max(after);
                                         retry.push(targets[i].clone());
                                         retry_seqs.push(job_seqs[i]);
@@ -324,27 +401,28 @@ impl Outbox {
                                         seq: job_seqs[i],
                                         phone_id: targets[i].phone_id,
                                         token: targets[i].token.clone(),
+                                        environment: targets[i].environment,
                                         outcome,
                                     }),
                                 }
                             }
                             if batch.len() >= BATCH {
-                                self.flush(&job.ring_id, &mut batch).await;
+                                self.flush(&job.ring_id, &mut batch, &mut tally.pending).await;
                             }
                         },
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => {
-                            self.flush(&job.ring_id, &mut batch).await;
+                            self.flush(&job.ring_id, &mut batch, &mut tally.pending).await;
                         }
                     }
                 }
                 // The channel closes as the last answer is handed over: that moment is "all".
                 if answered {
-                    latency.all = Some(crate::domain::now_ms() - job.received_at);
+                    tally.latency.all = Some(crate::domain::now_ms() - job.received_at);
                 }
                 // What could not be written yet is written now, however long the store needs.
                 let mut wait = STORE_RETRY_MIN;
-                while !self.flush(&job.ring_id, &mut batch).await {
+                while !self.flush(&job.ring_id, &mut batch, &mut tally.pending).await {
                     tokio::select! {
                         // cancel-safe: only a timer
                         _ = tokio::time::sleep(wait) => {}
@@ -377,6 +455,17 @@ impl Outbox {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(wait) = round.retry.delay(attempt, remaining, jitter, hint) else {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
+                if let Some(m) = &self.metrics {
+                    for t in pending.iter() {
+                        m.notification(
+                            round.transport.platform(),
+                            t.environment,
+                            PhoneState::Expired,
+                            Some(&Reason::Expired),
+                        );
+                    }
+                }
+                tally.pending.settled(pending.len());
                 break; // finish_ring marks them expired
             };
             warn!(ring = %job.ring_id, phones = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
@@ -388,8 +477,23 @@ impl Outbox {
         true
     }
 
+    /// Counts recorded outcomes in the metrics.
+    fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
+        let Some(m) = &self.metrics else { return };
+        let platform = self.transport().platform();
+        for row in rows {
+            let state = match row.outcome.state() {
+                PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
+                s => s,
+            };
+            m.notification(platform, row.environment, state, row.outcome.reason());
+        }
+    }
+
     /// Writes `batch`; false if the store refused it (then `batch` keeps it for the next try).
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) -> bool {
+    /// What is written is counted: each phone's outcome as the store recorded it (a prune of a
+    /// phone registered again is a failure).
+    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>, pending: &mut Pending) -> bool {
         if batch.is_empty() {
             return true;
         }
@@ -398,12 +502,18 @@ impl Outbox {
         let n = items.len();
         let shared = items.clone();
         match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
-            Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+            Ok(r) => {
+                if r.pruned + r.kept > 0 {
+                    info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                }
+                self.count(&items, &r.kept_phones);
+                pending.settled(n);
                 true
             }
-            Ok(_) => true,
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.outbox_store_fault();
+                }
                 warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
                 *batch = Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone());
                 false

@@ -64,6 +64,10 @@ pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
             store.remove_doorbell(id)?;
             println!("doorbell {id} removed");
         }
+        DoorbellCmd::Rename { id, name } => {
+            store.rename_doorbell(id, name)?;
+            println!("doorbell {id} is now called {name}");
+        }
         DoorbellCmd::Bind { id, source, key } => {
             store.bind(id, source, key)?;
             println!("{source} button {key} now rings doorbell {id}");
