@@ -228,3 +228,90 @@ async fn refused_push_credentials_stop_the_transport_and_are_reported() {
     assert_eq!(fcm.state.rejected.load(Ordering::Relaxed), 3, "stopped means no retry loop");
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// `dingdong pair open` for alice; the code's 8 digits.
+fn pair_code(cfg: &std::path::Path) -> String {
+    let out = ok(cfg, &["pair", "open", "--user", "alice"]);
+    let shown = out.lines().find_map(|l| l.strip_prefix("pairing code for alice: ")).expect("a code");
+    shown.replace(' ', "")
+}
+
+/// `dingdong phone-sim ARGS`: its exit code and its one JSON line.
+fn phone_sim(cfg: &std::path::Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(bin()).arg("phone-sim").args(args).arg("--config").arg(cfg).output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Phones paired as the app pairs them (the reference phone: `phone-sim pair --fcm TOKEN`
+/// and `--webpush FILE`) are phones the FCM and Web Push transports deliver to: each gets the
+/// ring once, through the simulators (the browser's message decrypted with its private key).
+/// An unpaired phone gets nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_paired_as_android_and_browser_get_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_push_sim(d, Faults::default(), 1000, 2, false).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    add_push_tables(&cfg, &sim);
+    let (fcm, web) = (sim.fcm.as_ref().unwrap(), sim.webpush.as_ref().unwrap());
+    ok(&cfg, &["user", "add", "alice"]);
+    ok(&cfg, &["doorbell", "add", "front", "--name", "Front door", "--owner", "alice"]);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+
+    let (pixel, browser) = (d.join("pixel.phone.json"), d.join("firefox.phone.json"));
+    let code = pair_code(&cfg);
+    let args =
+        ["pair", "--code", &code, "--fcm", &fcm.tokens[0], "--name", "Pixel", "--state", pixel.to_str().unwrap()];
+    let (exit, v) = phone_sim(&cfg, &args);
+    assert_eq!((exit, v["platform"].as_str()), (0, Some("fcm")), "{v}");
+    let code = pair_code(&cfg);
+    let sub = web.subscriptions[0].file.to_str().unwrap();
+    let (exit, v) = phone_sim(&cfg, &["pair", "--code", &code, "--webpush", sub, "--state", browser.to_str().unwrap()]);
+    assert_eq!((exit, v["platform"].as_str()), (0, Some("webpush")), "{v}");
+    let list: serde_json::Value = serde_json::from_str(&ok(&cfg, &["phone", "list", "--json", "--full"])).unwrap();
+    let phones: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["platform"].as_str().unwrap(), p["token"].as_str().unwrap()))
+        .collect();
+    let endpoint = phones[1].1;
+    assert_eq!(phones, [("fcm", fcm.tokens[0].as_str()), ("webpush", endpoint)]);
+    assert!(endpoint.ends_with(&format!("/push/{}", web.subscriptions[0].id)), "{endpoint}");
+
+    obs.press("front", dingdong::domain::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!((outcome["phones"].as_i64(), outcome["delivered"].as_i64()), (Some(2), Some(2)), "{outcome}");
+    let ring_id = outcome["ring_id"].as_str().unwrap().to_string();
+    let platforms: Vec<&str> =
+        outcome["results"].as_array().unwrap().iter().map(|r| r["platform"].as_str().unwrap()).collect();
+    assert_eq!(platforms, ["fcm", "webpush"], "{outcome}");
+    assert_eq!(fcm.state.counts().get(&fcm.tokens[0]), Some(&1));
+    let android = fcm.state.received();
+    assert_eq!(
+        (android.len(), android[0].ring.as_str(), android[0].title.as_str()),
+        (1, ring_id.as_str(), "Front door")
+    );
+    let browsers = web.state.received();
+    assert_eq!(browsers.len(), 1, "{browsers:?}");
+    assert_eq!(browsers[0].subscription, web.subscriptions[0].id);
+    assert_eq!(
+        (browsers[0].payload["ring"].as_str(), browsers[0].payload["doorbell"].as_str()),
+        (Some(ring_id.as_str()), Some("front"))
+    );
+
+    // The Android phone unpairs (a signed request): the next ring reaches the browser only.
+    let (exit, v) = phone_sim(&cfg, &["unpair", "--state", pixel.to_str().unwrap()]);
+    assert_eq!(exit, 0, "{v}");
+    obs.press("front", dingdong::domain::now_ms() + 10_000).await;
+    let outcome = obs.ring_outcome().await;
+    assert_eq!((outcome["phones"].as_i64(), outcome["delivered"].as_i64()), (Some(1), Some(1)), "{outcome}");
+    assert_eq!(fcm.state.received().len(), 1);
+    assert_eq!(web.state.counts().get(&web.subscriptions[0].id), Some(&2));
+    assert_eq!(daemon.terminate(), Some(0));
+}

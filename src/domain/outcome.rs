@@ -3,6 +3,7 @@
 //! [`Platform`]), the service's reason and the decision it carries ([`Outcome`]). Transports
 //! turn their answers into these; `outbox` and `store` never care which transport ran.
 
+use super::state::PhoneState;
 use super::token::{Environment, Token};
 use bytes::Bytes;
 use serde::Serialize;
@@ -361,13 +362,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The state name stored per phone and published in the ring outcome.
-    pub fn state(&self) -> &'static str {
+    /// The state stored per phone and published in the ring outcome.
+    pub fn state(&self) -> PhoneState {
         match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "pending",
-            Outcome::Prune { .. } => "pruned",
-            Outcome::Failed { .. } => "failed",
+            Outcome::Delivered => PhoneState::Delivered,
+            Outcome::Retry { .. } => PhoneState::Pending,
+            Outcome::Prune { .. } => PhoneState::Pruned,
+            Outcome::Failed { .. } => PhoneState::Failed,
         }
     }
 
@@ -378,5 +379,31 @@ impl Outcome {
                 Some(reason)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_names_round_trip() {
+        for p in Platform::ALL {
+            assert_eq!(Platform::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Platform::parse("sms"), None);
+    }
+
+    #[test]
+    fn addresses_show_only_their_heads() {
+        let web = WebPushKeys {
+            endpoint: "https://push.example.net/wpush/v2/abcdef0123456789".into(),
+            p256dh: "not shown".into(),
+            auth: "not shown".into(),
+        };
+        let a = Address::WebPush(Arc::new(web));
+        assert_eq!(format!("{a:?}"), "webpush:push.example.net/…abcdef01");
+        assert_eq!(Address::Fcm("fcm-token-0123456789".into()).short(), "fcm-toke");
+        assert_eq!(a.platform(), Platform::Webpush);
     }
 }

@@ -207,7 +207,7 @@ impl FcmClient {
                 }
             }
             o => {
-                debug!(token = %target.address.short(), state = o.state(), reason = ?o.reason(), "FCM did not deliver")
+                debug!(token = %target.address.short(), state = %o.state(), reason = ?o.reason(), "FCM did not deliver")
             }
         }
         outcome

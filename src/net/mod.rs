@@ -6,5 +6,6 @@ pub mod apns;
 pub mod fcm;
 pub mod https;
 pub mod mqtt;
+pub mod scrape;
 pub mod tls;
 pub mod webpush;

@@ -223,7 +223,7 @@ impl WebPushClient {
                 }
             }
             o => {
-                debug!(endpoint = %sub.short(), state = o.state(), reason = ?o.reason(), "push service did not deliver")
+                debug!(endpoint = %sub.short(), state = %o.state(), reason = ?o.reason(), "push service did not deliver")
             }
         }
         (i, outcome, Some(answer.version))

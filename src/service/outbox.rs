@@ -10,17 +10,20 @@
 //! start. Talks to no push service itself: the transports do.
 
 use crate::codec::apns_payload::ring_payload;
-use crate::domain::{Message, Notice, Outcome, Platform, Reason, Target};
+use crate::domain::{Message, Notice, Outcome, PhoneState, Platform, Reason, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
 use crate::net::fcm::FcmClient;
 use crate::net::webpush::WebPushClient;
+use crate::service::metrics::{Metrics, TransportGauges};
 use crate::service::publisher::Publisher;
+pub use crate::store::rings::Latency;
 use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -67,6 +70,16 @@ enum Route {
 }
 
 impl Route {
+    /// The platform of the phones it sends to (the metrics' `platform` label).
+    fn platform(&self) -> Platform {
+        match self {
+            Route::Apns(..) => Platform::Apns,
+            Route::Fcm(..) => Platform::Fcm,
+            Route::WebPush(..) => Platform::Webpush,
+            Route::Unconfigured(p) => *p,
+        }
+    }
+
     async fn send(
         &self,
         targets: Arc<Vec<Target>>,
@@ -134,6 +147,18 @@ impl Transport {
         }
     }
 
+    /// Its state for the metrics. The legacy sender holds no connection between rings.
+    pub fn gauges(&self) -> TransportGauges {
+        match self {
+            Transport::Http2(c) => TransportGauges {
+                connections: c.open_connections(),
+                jwt_age_secs: c.jwt_age_secs(),
+                stopped: c.stopped().is_some(),
+            },
+            Transport::Binary(_) => TransportGauges::default(),
+        }
+    }
+
     /// Sends to every target; after `stop`, nothing new is started and what was not started
     /// comes back as a retry (the outbox then leaves it pending for the next start).
     async fn send(
@@ -187,17 +212,11 @@ pub struct OutboxSettings {
 pub struct RingReport {
     #[serde(flatten)]
     pub summary: RingSummary,
-    /// Press received -> first answer from APNs, and -> every phone answered.
+    /// Press received -> first answer from a push service, and -> every phone answered.
     pub latency_ms: Latency,
     /// One line per phone, for rings of at most 100 phones.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<PhoneOutcome>>,
-}
-
-#[derive(Debug, Default, Serialize, Clone, Copy)]
-pub struct Latency {
-    pub first: Option<i64>,
-    pub all: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -208,6 +227,49 @@ pub struct Outbox {
     current: Arc<RwLock<(Transports, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
+    /// Where outcomes, retries and latencies are counted (the daemon's).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// What one share of a delivery measures and counts as it goes.
+struct Tally<'a> {
+    latency: Latency,
+    pending: &'a Pending,
+}
+
+/// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
+/// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
+/// Shared by the delivery's shares, which run at the same time.
+struct Pending {
+    metrics: Option<Arc<Metrics>>,
+    left: AtomicUsize,
+}
+
+impl Pending {
+    fn new(metrics: Option<Arc<Metrics>>, phones: usize) -> Pending {
+        if let Some(m) = &metrics {
+            m.delivery_started(phones);
+        }
+        Pending { metrics, left: AtomicUsize::new(phones) }
+    }
+
+    fn settled(&self, n: usize) {
+        let Ok(before) = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l - n.min(l))) else {
+            return;
+        };
+        if let Some(m) = &self.metrics {
+            m.settled(n.min(before));
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.settled(*self.left.get_mut());
+            m.delivery_ended();
+        }
+    }
 }
 
 impl Outbox {
@@ -217,7 +279,13 @@ impl Outbox {
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
-        Outbox { store, current: Arc::new(RwLock::new((transports.into(), settings))), publisher }
+        Outbox { store, current: Arc::new(RwLock::new((transports.into(), settings))), publisher, metrics: None }
+    }
+
+    /// Counts outcomes, retries and latencies in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Outbox {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The APNs transport new deliveries use.
@@ -248,7 +316,11 @@ impl Outbox {
         };
         let phones = std::mem::take(&mut job.phones);
         let groups = split(&phones);
+        let pending = Pending::new(self.metrics.clone(), phones.len());
         drop(phones);
+        if let Some(m) = &self.metrics {
+            m.first_request(crate::domain::now_ms() - job.received_at);
+        }
         let notice = Arc::new(Notice {
             ring_id: job.ring_id.as_str().into(),
             doorbell_id: job.doorbell_id.as_str().into(),
@@ -279,11 +351,11 @@ impl Outbox {
         // Every share at once, each retried on its own; the ring is done when all are.
         let round = Round { retry: settings.retry, stop: &stop };
         let shares = groups.into_iter().map(|(share, targets, seqs)| {
-            let (route, job, round) = (route(share), &job, &round);
+            let (route, job, round, pending) = (route(share), &job, &round, &pending);
             async move {
-                let mut latency = Latency::default();
-                let settled = self.send_until_settled(job, &route, targets, seqs, round, &mut latency).await;
-                (settled, latency)
+                let mut tally = Tally { latency: Latency::default(), pending };
+                let settled = self.send_until_settled(job, &route, targets, seqs, round, &mut tally).await;
+                (settled, tally.latency)
             }
         });
         let mut latency = Latency::default();
@@ -302,7 +374,7 @@ impl Outbox {
         let ring = job.ring_id.clone();
         let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
             let ring = ring.clone();
-            move |s: &mut crate::store::Store| s.finish_ring(&ring)
+            move |s: &mut crate::store::Store| s.finish_ring(&ring, latency)
         });
         let summary = summary.await?;
         let results = if summary.phones as usize <= DETAIL_LIMIT {
@@ -312,6 +384,10 @@ impl Outbox {
             None
         };
         let report = RingReport { summary, latency_ms: latency, results };
+        if let Some(m) = &self.metrics {
+            m.answers(latency.first, latency.all);
+            m.ring_finished(report.summary.state);
+        }
         info!(
             ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
             failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
@@ -328,7 +404,12 @@ impl Outbox {
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }),
+            Ok(summary) => {
+                if let Some(m) = &self.metrics {
+                    m.ring_finished(summary.state);
+                }
+                self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None })
+            }
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }
@@ -375,7 +456,7 @@ impl Outbox {
         mut pending: Arc<Vec<Target>>,
         mut seqs: Vec<i64>,
         round: &Round<'_>,
-        latency: &mut Latency,
+        tally: &mut Tally<'_>,
     ) -> bool {
         let stop = round.stop;
         let mut attempt = 0u32;
@@ -410,14 +491,17 @@ impl Outbox {
                             if n == 0 {
                                 break;
                             }
-                            if latency.first.is_none() {
-                                latency.first = Some(crate::domain::now_ms() - job.received_at);
+                            if tally.latency.first.is_none() {
+                                tally.latency.first = Some(crate::domain::now_ms() - job.received_at);
                             }
                             answered = true;
                             for (i, outcome) in got.drain(..) {
                                 heard[i] = true;
                                 match outcome {
-                                    Outcome::Retry { after, .. } => {
+                                    Outcome::Retry { after, ref reason } => {
+                                        if let Some(m) = &self.metrics {
+                                            m.retry(route.platform(), Some(reason));
+                                        }
                                         hint = hint.max(after);
                                         retry.push(targets[i].clone());
                                         retry_seqs.push(job_seqs[i]);
@@ -431,22 +515,22 @@ impl Outbox {
                                 }
                             }
                             if batch.len() >= BATCH {
-                                self.flush(&job.ring_id, &mut batch).await;
+                                self.flush(&job.ring_id, &mut batch, tally.pending).await;
                             }
                         },
                         // cancel-safe: a missed tick only delays a flush
                         _ = tick.tick() => {
-                            self.flush(&job.ring_id, &mut batch).await;
+                            self.flush(&job.ring_id, &mut batch, tally.pending).await;
                         }
                     }
                 }
                 // The channel closes as the last answer is handed over: that moment is "all".
                 if answered {
-                    latency.all = Some(crate::domain::now_ms() - job.received_at);
+                    tally.latency.all = Some(crate::domain::now_ms() - job.received_at);
                 }
                 // What could not be written yet is written now, however long the store needs.
                 let mut wait = STORE_RETRY_MIN;
-                while !self.flush(&job.ring_id, &mut batch).await {
+                while !self.flush(&job.ring_id, &mut batch, tally.pending).await {
                     tokio::select! {
                         // cancel-safe: only a timer
                         _ = tokio::time::sleep(wait) => {}
@@ -479,6 +563,12 @@ impl Outbox {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(wait) = round.retry.delay(attempt, remaining, jitter, hint) else {
                 warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
+                if let Some(m) = &self.metrics {
+                    for t in pending.iter() {
+                        m.notification(t.platform(), t.environment(), PhoneState::Expired, Some(&Reason::Expired));
+                    }
+                }
+                tally.pending.settled(pending.len());
                 break; // finish_ring marks them expired
             };
             warn!(ring = %job.ring_id, phones = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
@@ -490,8 +580,22 @@ impl Outbox {
         true
     }
 
+    /// Counts recorded outcomes in the metrics, each under its phone's platform.
+    fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
+        let Some(m) = &self.metrics else { return };
+        for row in rows {
+            let state = match row.outcome.state() {
+                PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
+                s => s,
+            };
+            m.notification(row.address.platform(), row.address.environment(), state, row.outcome.reason());
+        }
+    }
+
     /// Writes `batch`; false if the store refused it (then `batch` keeps it for the next try).
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) -> bool {
+    /// What is written is counted: each phone's outcome as the store recorded it (a prune of a
+    /// phone registered again is a failure).
+    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>, pending: &Pending) -> bool {
         if batch.is_empty() {
             return true;
         }
@@ -500,12 +604,18 @@ impl Outbox {
         let n = items.len();
         let shared = items.clone();
         match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
-            Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+            Ok(r) => {
+                if r.pruned + r.kept > 0 {
+                    info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                }
+                self.count(&items, &r.kept_phones);
+                pending.settled(n);
                 true
             }
-            Ok(_) => true,
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.outbox_store_fault();
+                }
                 warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
                 *batch = Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone());
                 false

@@ -175,9 +175,7 @@ impl Store {
             return Err(StoreError::Invalid("--topic is for iPhones (an APNs bundle id)".into()));
         }
         if let Some(n) = name {
-            if n.chars().count() > 100 || n.chars().any(char::is_control) {
-                return Err(StoreError::Invalid("phone name must be at most 100 printable characters".into()));
-            }
+            crate::domain::check_name(n).map_err(|e| StoreError::Invalid(format!("phone name: {e}")))?;
         }
         let uid = self.user_id(user)?;
         let tx = self.conn.transaction()?;

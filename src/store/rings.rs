@@ -3,7 +3,7 @@
 //! in batches; pruning honours re-registration.
 
 use super::{Result, Store};
-use crate::domain::{Address, Environment, Outcome, Platform, Target, Token};
+use crate::domain::{Address, Environment, Outcome, PhoneState, Platform, RingState, Target, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::sync::Arc;
@@ -119,7 +119,7 @@ pub struct Press<'a> {
 pub struct RingSummary {
     pub ring_id: String,
     pub doorbell: String,
-    pub state: String,
+    pub state: RingState,
     pub pressed_at: i64,
     pub presses: i64,
     pub phones: i64,
@@ -138,14 +138,23 @@ pub struct PhoneOutcome {
     pub platform: Platform,
     pub token: String,
     pub environment: String,
-    pub state: String,
+    pub state: PhoneState,
     pub reason: Option<String>,
+}
+
+/// What the outbox measured of a ring: press received -> first answer from the push service,
+/// and -> every phone answered (ms). Stored with the ring and published with its outcome.
+#[derive(Debug, Default, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub first: Option<i64>,
+    pub all: Option<i64>,
 }
 
 /// The phones a press of `doorbell` reaches, on a connection or inside a transaction: the
 /// owner's and every shared user's, in phone-id order, each token once (the oldest
 /// registration wins). Each user's phones are read in id order through `phones_user`, so a
-/// building of 120,000 phones is one sequential pass with no sort in SQLite.
+/// building of 120,000 phones is one sequential pass with no sort in SQLite. Phones of every
+/// platform: the outbox splits them by transport.
 pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<JobPhone>> {
     let users: Vec<i64> = conn
         .prepare_cached(
@@ -220,11 +229,13 @@ pub struct OutcomeRow {
 }
 
 /// What recording a batch of outcomes did to the phones table.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub pruned: usize,
     /// Dead per Apple, but registered again after Apple's timestamp: kept.
     pub kept: usize,
+    /// The phones kept, recorded as failed instead of pruned.
+    pub kept_phones: Vec<i64>,
 }
 
 /// What a ring's phones have come to: the settled counts, and the recorded outcomes.
@@ -233,7 +244,7 @@ struct Settled {
     runs: Vec<(i64, i64)>,
     run_phones: i64,
     /// Phone id -> `(token, environment, state, reason, platform)` of every other final outcome.
-    outcomes: std::collections::HashMap<i64, (String, String, String, Option<String>, String)>,
+    outcomes: std::collections::HashMap<i64, (String, String, PhoneState, Option<String>, Platform)>,
 }
 
 impl Settled {
@@ -271,10 +282,10 @@ impl Store {
         }
         let folded: Option<String> = tx
             .query_row(
-                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired'
+                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != ?4
                    AND pressed_at > ?2 - ?3 AND pressed_at < ?2 + ?3
                  ORDER BY pressed_at DESC LIMIT 1",
-                params![p.doorbell_id, p.pressed_at, p.debounce_ms],
+                params![p.doorbell_id, p.pressed_at, p.debounce_ms, RingState::Expired],
                 |r| r.get(0),
             )
             .optional()?;
@@ -288,8 +299,8 @@ impl Store {
         if p.received_at.max(p.recorded_at) >= expires_at {
             tx.execute(
                 "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', ?5)",
-                params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5)",
+                params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at, RingState::Expired],
             )?;
             tx.commit()?;
             return Ok(RingStart::Expired { ring_id: p.ring_id.into() });
@@ -297,8 +308,17 @@ impl Store {
         let phones = kept.read(&tx, p.doorbell_id)?;
         tx.execute(
             "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, phones)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
-            params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at, phones.len()],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?7)",
+            params![
+                p.ring_id,
+                p.doorbell_id,
+                p.doorbell_name,
+                p.pressed_at,
+                p.received_at,
+                expires_at,
+                phones.len(),
+                RingState::Pending
+            ],
         )?;
         tx.commit()?;
         Ok(RingStart::Created(RingJob {
@@ -372,7 +392,7 @@ impl Store {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
                 let token = row.address.key();
-                let platform = row.address.platform().as_str();
+                let platform = row.address.platform();
                 // Written before a prune deletes the phone (the environment comes from it).
                 add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now, platform])?;
                 if let Outcome::Prune { since, .. } = &row.outcome {
@@ -380,10 +400,11 @@ impl Store {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
-                        state = "failed";
+                        rec.kept_phones.push(row.phone_id);
+                        state = PhoneState::Failed;
                         tx.execute(
-                            "UPDATE ring_outcomes SET state = 'failed' WHERE ring_id = ?1 AND phone_id = ?2",
-                            params![ring_id, row.phone_id],
+                            "UPDATE ring_outcomes SET state = ?3 WHERE ring_id = ?1 AND phone_id = ?2",
+                            params![ring_id, row.phone_id, state],
                         )?;
                         set_problem.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
                     }
@@ -424,8 +445,9 @@ impl Store {
     }
 
     /// Records every phone of `ring_id` still pending as `expired` and closes the ring in
-    /// `state`. The ring's phone count becomes what was settled plus what expired.
-    fn close_ring(&mut self, ring_id: &str, state: &str) -> Result<RingSummary> {
+    /// `state`, with what the outbox measured. The ring's phone count becomes what was settled
+    /// plus what expired.
+    fn close_ring(&mut self, ring_id: &str, state: RingState, latency: Latency) -> Result<RingSummary> {
         let now = crate::domain::now_ms();
         let (doorbell, phones): (String, i64) =
             self.conn.query_row("SELECT doorbell_id, phones FROM rings WHERE id = ?1", [ring_id], |r| {
@@ -438,28 +460,46 @@ impl Store {
         {
             let mut expire = tx.prepare_cached(
                 "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
-                 VALUES (?1, ?2, ?3, ?4, 'expired', 'Expired', ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?6, 'Expired', ?5, ?7)",
             )?;
             for p in &left {
-                let (a, env) = (&p.address, p.address.environment());
-                expire.execute(params![ring_id, p.phone_id, a.key(), env.as_str(), now, a.platform().as_str()])?;
+                let a = &p.address;
+                expire.execute(params![
+                    ring_id,
+                    p.phone_id,
+                    a.key(),
+                    a.environment().as_str(),
+                    now,
+                    PhoneState::Expired,
+                    a.platform()
+                ])?;
             }
         }
         tx.execute(
-            "UPDATE rings SET state = ?2, finished_at = ?3, phones = ?4 WHERE id = ?1 AND state = 'pending'",
-            params![ring_id, state, now, settled.count() + left.len() as i64],
+            "UPDATE rings SET state = ?2, finished_at = ?3, phones = ?4, first_ms = ?6, all_ms = ?7
+             WHERE id = ?1 AND state = ?5",
+            params![
+                ring_id,
+                state,
+                now,
+                settled.count() + left.len() as i64,
+                RingState::Pending,
+                latency.first,
+                latency.all
+            ],
         )?;
         tx.commit()?;
         self.ring_summary(ring_id)
     }
 
-    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring.
-    pub fn finish_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        self.close_ring(ring_id, "done")
+    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring,
+    /// keeping the latency the outbox measured.
+    pub fn finish_ring(&mut self, ring_id: &str, latency: Latency) -> Result<RingSummary> {
+        self.close_ring(ring_id, RingState::Done, latency)
     }
 
     pub fn ring_summary(&self, ring_id: &str) -> Result<RingSummary> {
-        let (doorbell, state, pressed_at, presses, phones): (String, String, i64, i64, i64) = self.conn.query_row(
+        let (doorbell, state, pressed_at, presses, phones): (String, RingState, i64, i64, i64) = self.conn.query_row(
             "SELECT doorbell_id, state, pressed_at, presses, phones FROM rings WHERE id = ?1",
             [ring_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -484,15 +524,15 @@ impl Store {
         )?;
         let mut st =
             self.conn.prepare_cached("SELECT state, COUNT(*) FROM ring_outcomes WHERE ring_id = ?1 GROUP BY state")?;
-        let rows = st.query_map([ring_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = st.query_map([ring_id], |r| Ok((r.get::<_, PhoneState>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
-            match state.as_str() {
-                "delivered" => s.delivered += n,
-                "failed" => s.failed = n,
-                "pruned" => s.pruned = n,
-                "expired" => s.expired = n,
-                _ => {}
+            match state {
+                PhoneState::Delivered => s.delivered += n,
+                PhoneState::Failed => s.failed = n,
+                PhoneState::Pruned => s.pruned = n,
+                PhoneState::Expired => s.expired = n,
+                PhoneState::Pending => {}
             }
         }
         s.pending = (s.phones - s.delivered - s.failed - s.pruned - s.expired).max(0);
@@ -520,18 +560,17 @@ impl Store {
             if settled.outcomes.contains_key(&p.phone_id) {
                 continue;
             }
-            let state = if settled.in_run(p.phone_id) { "delivered" } else { "pending" };
+            let state = if settled.in_run(p.phone_id) { PhoneState::Delivered } else { PhoneState::Pending };
             lines.push(PhoneOutcome {
                 phone_id: p.phone_id,
                 platform: p.address.platform(),
                 token: p.address.key(),
                 environment: p.address.environment().as_str().to_string(),
-                state: state.to_string(),
+                state,
                 reason: None,
             });
         }
         for (phone_id, (token, environment, state, reason, platform)) in settled.outcomes.drain() {
-            let platform = Platform::parse(&platform).unwrap_or(Platform::Apns);
             lines.push(PhoneOutcome { phone_id, platform, token, environment, state, reason });
         }
         lines.sort_unstable_by_key(|l| l.phone_id);
@@ -543,10 +582,10 @@ impl Store {
     /// is not sent; the ring's phone count follows.
     pub fn unfinished_rings(&mut self) -> Result<Vec<RingJob>> {
         let mut st = self.conn.prepare(
-            "SELECT id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at FROM rings WHERE state = 'pending' ORDER BY pressed_at",
+            "SELECT id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at FROM rings WHERE state = ?1 ORDER BY pressed_at",
         )?;
         let mut jobs: Vec<RingJob> = st
-            .query_map([], |r| {
+            .query_map([RingState::Pending], |r| {
                 Ok(RingJob {
                     ring_id: r.get(0)?,
                     doorbell_id: r.get(1)?,
@@ -572,7 +611,7 @@ impl Store {
 
     /// Marks a ring expired (its time ran out while nobody could send it).
     pub fn expire_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        self.close_ring(ring_id, "expired")
+        self.close_ring(ring_id, RingState::Expired, Latency::default())
     }
 
     /// The newest rings, for diag.
@@ -768,12 +807,12 @@ mod tests {
         let jobs = s.unfinished_rings().unwrap();
         let left: Vec<i64> = jobs[0].phones.targets.iter().map(|p| p.phone_id).collect();
         assert_eq!(left, [job.phones.targets[2].phone_id, job.phones.targets[4].phone_id]);
-        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        let states: Vec<&str> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["delivered", "delivered", "pending", "failed", "pending"]);
         let sum = s.expire_ring("r1").unwrap();
         assert_eq!(
-            (sum.state.as_str(), sum.phones, sum.delivered, sum.failed, sum.expired, sum.pending),
-            ("expired", 5, 2, 1, 2, 0)
+            (sum.state, sum.phones, sum.delivered, sum.failed, sum.expired, sum.pending),
+            (RingState::Expired, 5, 2, 1, 2, 0)
         );
         assert!(s.unfinished_rings().unwrap().is_empty());
     }
@@ -793,7 +832,7 @@ mod tests {
             .map(|&i| row(&job.phones, i, if i == 2 { failed.clone() } else { Outcome::Delivered }))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
-        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        let states: Vec<&str> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["delivered", "delivered", "failed", "pending", "delivered", "delivered"]);
         let last: Vec<Option<String>> = s.list_phones().unwrap().into_iter().map(|p| p.last_outcome).collect();
         assert_eq!(last[0], None, "a delivery records no problem");
@@ -803,7 +842,7 @@ mod tests {
         assert_eq!(runs, 2);
         // A later delivery clears the phone's problem.
         s.record_outcomes("r1", &[row(&job.phones, 3, Outcome::Delivered)]).unwrap();
-        let sum = s.finish_ring("r1").unwrap();
+        let sum = s.finish_ring("r1", Latency::default()).unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending, sum.expired), (6, 5, 1, 0, 0));
     }
 
@@ -820,8 +859,9 @@ mod tests {
             Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) },
         ];
         let batch: Vec<OutcomeRow> = outcomes.into_iter().enumerate().map(|(i, o)| row(&job.phones, i, o)).collect();
-        assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
-        let sum = s.finish_ring("r1").unwrap();
+        let rec = s.record_outcomes("r1", &batch).unwrap();
+        assert_eq!((rec.pruned, rec.kept, rec.kept_phones), (1, 1, vec![job.phones.targets[2].phone_id]));
+        let sum = s.finish_ring("r1", Latency::default()).unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.pruned, sum.failed), (3, 1, 1, 1));
         assert_eq!(s.list_phones().unwrap().len(), 2);
         assert_eq!(s.ring_phones("r1", 10).unwrap()[0].token.len(), 8);

@@ -97,7 +97,7 @@ pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
                     println!(
                         "{:<16} {:<24} {:<16} {:<24} {}",
                         d.id,
-                        d.name,
+                        crate::domain::printable(&d.name),
                         d.owner,
                         d.shared_with.join(","),
                         d.bindings.join(",")
@@ -108,6 +108,10 @@ pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
         DoorbellCmd::Rm { id } => {
             store.remove_doorbell(id)?;
             println!("doorbell {id} removed");
+        }
+        DoorbellCmd::Rename { id, name } => {
+            store.rename_doorbell(id, name)?;
+            println!("doorbell {id} is now called {name}");
         }
         DoorbellCmd::Bind { id, source, key } => {
             store.bind(id, source, key)?;
@@ -140,7 +144,7 @@ pub fn pair(path: &Path, cmd: &PairCmd) -> Result<(), CliError> {
             let w = store.open_pair_window(user, share.as_deref(), *minutes, opener, crate::domain::now_ms())?;
             let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(w.expires_at as u64);
             // The one place a code is shown: on the terminal of whoever may open windows.
-            println!("pairing code for {user}: {}", w.code.reveal());
+            println!("pairing code for {user}: {}", w.code.reveal_grouped());
             let shared = share.as_ref().map(|d| format!("; shares doorbell {d}")).unwrap_or_default();
             println!("valid once, for {minutes} minute(s), until {}{shared}", humantime::format_rfc3339_seconds(until));
         }
@@ -220,7 +224,7 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
                         p.platform,
                         p.token,
                         env,
-                        p.name.unwrap_or_default(),
+                        crate::domain::printable(p.name.as_deref().unwrap_or_default()),
                         p.last_outcome.unwrap_or_default()
                     );
                 }
