@@ -95,8 +95,8 @@ kid=$(sed -n 's/.*"key_id":"\([^"]*\)".*/\1/p' "$ids")
 tid=$(sed -n 's/.*"team_id":"\([^"]*\)".*/\1/p' "$ids")
 sed -i -e "s|^key_file = .*|key_file = \"/etc/dingdong/AuthKey_$kid.p8\"|" \
   -e "s|^key_id = .*|key_id = \"$kid\"|" -e "s|^team_id = .*|team_id = \"$tid\"|" \
-  -e 's|^# endpoint = .*|endpoint = "https://127.0.0.1:8443"|' \
-  -e 's|^# ca_file = "/path/ca.pem"|ca_file = "/etc/dingdong/apns-sim/ca.pem"|' "$1"
+  -e '0,/^# endpoint = .*/s||endpoint = "https://127.0.0.1:8443"|' \
+  -e '0,/^# ca_file = "\/path\/ca.pem"/s||ca_file = "/etc/dingdong/apns-sim/ca.pem"|' "$1"
 EOF
 chmod 0755 "$share/editor"
 

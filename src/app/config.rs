@@ -25,6 +25,8 @@ pub enum ConfigError {
     Read { file: String, reason: String },
     #[error("config {file}: key `{key}`: {problem}; fix: {fix}")]
     Key { file: String, key: String, problem: String, fix: String },
+    #[error("config {file}: {problem}; fix: write it as TOML, as config.example.toml shows")]
+    Syntax { file: String, problem: String },
 }
 
 impl ConfigError {

@@ -76,6 +76,10 @@ pub fn describe_serde_error(file: &str, text: &str, path: &str, msg: &str, span_
     } else {
         (path.to_string(), msg.to_string(), "write it as config.example.toml shows")
     };
+    if key.is_empty() {
+        // Not one key's value but the file's form (a duplicate key, a broken line).
+        return ConfigError::Syntax { file: file.to_string(), problem: with_line(&problem, span_line) };
+    }
     let line = line_of(text, &key).or(span_line);
     ConfigError::Key { file: file.to_string(), key, problem: with_line(&problem, line), fix: fix.to_string() }
 }
@@ -126,6 +130,29 @@ mod tests {
         // At the top level too.
         let e = error(&format!("colour = \"red\"\n{GOOD}"));
         assert!(e.contains("key `colour`: unknown key (line 1)"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_a_form_error_with_its_line_not_an_empty_key() {
+        let text = with("# button_user = ", "button_user = \"a\"\nbutton_user = ");
+        let e = Config::parse(&text, Path::new("/etc/dd/config.toml")).unwrap_err().to_string();
+        let n = line(&text, "button_user = \"a\"") + 1;
+        assert!(e.starts_with("config /etc/dd/config.toml: "), "{e}");
+        assert!(!e.contains("key ``"), "no empty key: {e}");
+        assert!(e.contains("duplicate key `button_user`"), "{e}");
+        assert!(e.contains(&format!("(line {n})")), "line {n}: {e}");
+        assert!(!e.contains('\n') && e.contains("; fix: "), "{e}");
+    }
+
+    /// The README's simulator recipe uncomments `[apns]`'s `endpoint` and `ca_file`: the first
+    /// such lines of the example, before the commented `[fcm]` and `[webpush]` tables.
+    #[test]
+    fn the_first_commented_endpoint_and_ca_file_are_the_apns_ones() {
+        let text =
+            with("# endpoint = ", "endpoint = ").replacen("# ca_file = \"/path/ca.pem\"", "ca_file = \"/x/ca.pem\"", 1);
+        let cfg = Config::parse(&text, Path::new("/etc/dd/config.toml")).expect("valid");
+        assert!(cfg.apns.endpoint.is_some(), "endpoint in [apns]");
+        assert_eq!(cfg.apns.ca_file.as_deref(), Some(Path::new("/x/ca.pem")));
     }
 
     #[test]
