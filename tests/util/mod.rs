@@ -16,8 +16,11 @@ pub const TOPIC: &str = "com.example.doorbell";
 /// Generous bound for things that take milliseconds; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The `dingdong` binary under test; `DINGDONG_BIN` points the benchmark at another build
+/// (to compare two versions in alternating runs).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dingdong")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("DINGDONG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dingdong").to_string()))
 }
 
 pub fn free_port() -> u16 {

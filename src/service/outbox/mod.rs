@@ -11,7 +11,7 @@ use crate::domain::{Message, Outcome, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
 use crate::service::publisher::Publisher;
-use crate::store::rings::{OutcomeRow, PhoneOutcome, RingJob, RingSummary, Topics};
+use crate::store::rings::{PhoneOutcome, RingJob, RingSummary, Topics};
 use crate::store::StoreHandle;
 use rand::Rng;
 use serde::Serialize;
@@ -22,8 +22,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Outcomes are written when this many have arrived, or when [`FLUSH_EVERY`] has passed.
-const BATCH: usize = 2048;
+mod round;
+pub use round::RetryPolicy;
+use round::{Next, Retries, Round};
+
+/// Outcomes are written when [`round::BATCH`] have arrived, or when this much time has passed.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// After a ring of at least this many phones, free memory is handed back to the system.
 const TRIM_AFTER: usize = 10_000;
@@ -34,7 +37,7 @@ const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What one delivery's rounds share: the transport and retry policy it started with.
-struct Round<'a> {
+struct Sending<'a> {
     transport: &'a Transport,
     retry: RetryPolicy,
     stop: &'a CancellationToken,
@@ -73,30 +76,6 @@ impl Transport {
             Transport::Http2(c) => c.send(msg, targets, out, stop).await,
             Transport::Binary(c) => c.send(msg, targets, out).await,
         }
-    }
-}
-
-/// Exponential backoff with jitter, bounded by the ring's expiry. Pure: the caller sleeps.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(30) }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry number `attempt` (1-based), with `jitter` in `[0, 1)` taking up
-    /// to half of it off; `None` when the retry would land past the ring's expiry, which is
-    /// `remaining` away.
-    pub fn delay(&self, attempt: u32, remaining: Duration, jitter: f64, hint: Option<Duration>) -> Option<Duration> {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max);
-        let d = exp.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0)).max(hint.unwrap_or_default());
-        (d <= remaining).then_some(d)
     }
 }
 
@@ -192,8 +171,8 @@ impl Outbox {
                 collapse_id: job.doorbell_id.as_str().into(),
                 priority: 10,
             });
-            let round = Round { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &round, &mut latency).await {
+            let sending = Sending { transport: &transport, retry: settings.retry, stop: &stop };
+            if !self.send_until_settled(&job, msg, targets, seqs, &sending, &mut latency).await {
                 return None; // stopping: the rest stays pending
             }
         }
@@ -266,134 +245,118 @@ impl Outbox {
     }
 
     /// Sends, records, and retries until nothing is left to retry. Returns false if stopped.
+    /// The accounting is [`Round`]'s and the retry decisions [`Retries`]'; this only does the
+    /// I/O: the transport, the store, the clock.
     async fn send_until_settled(
         &self,
         job: &RingJob,
         msg: Arc<Message>,
-        mut pending: Arc<Vec<Target>>,
-        mut seqs: Vec<i64>,
-        round: &Round<'_>,
+        targets: Arc<Vec<Target>>,
+        seqs: Vec<i64>,
+        sending: &Sending<'_>,
         latency: &mut Latency,
     ) -> bool {
-        let stop = round.stop;
-        let mut attempt = 0u32;
+        let stop = sending.stop;
+        let mut retries = Retries::new(sending.retry);
         // The expiry on the runtime's clock, so waits and the deadline agree (and tests can
         // pause time).
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis((job.expires_at - crate::domain::now_ms()).max(0) as u64);
-        while !pending.is_empty() {
+        if targets.is_empty() {
+            return true;
+        }
+        let mut round = Round::new(targets, seqs);
+        loop {
             if stop.is_cancelled() {
                 return false;
             }
-            let targets = pending;
-            let job_seqs = std::mem::take(&mut seqs);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let send = round.transport.send(msg.clone(), targets.clone(), tx, stop);
-            let record = async {
-                let mut retry = Vec::new();
-                let mut hint = None;
-                let mut batch: Vec<OutcomeRow> = Vec::with_capacity(BATCH.min(targets.len()));
-                let mut retry_seqs = Vec::new();
-                let mut answered = false;
-                // Which phones got an outcome: a phone the transport never answered for (a
-                // bug, a panicked task) is retried, not left to expire unnoticed.
-                let mut heard = vec![false; targets.len()];
-                let mut tick = tokio::time::interval(FLUSH_EVERY);
-                // Answers are taken up to 256 at a time: one wake-up of this task per burst.
-                let mut got = Vec::with_capacity(256);
-                loop {
-                    tokio::select! {
-                        // cancel-safe: recv_many() loses no message when another arm wins
-                        n = rx.recv_many(&mut got, 256) => {
-                            if n == 0 {
-                                break;
-                            }
-                            if latency.first.is_none() {
-                                latency.first = Some(crate::domain::now_ms() - job.received_at);
-                            }
-                            answered = true;
-                            for (i, outcome) in got.drain(..) {
-                                heard[i] = true;
-                                match outcome {
-                                    Outcome::Retry { after, .. } => {
-                                        hint = hint.max(after);
-                                        retry.push(targets[i].clone());
-                                        retry_seqs.push(job_seqs[i]);
-                                    }
-                                    outcome => batch.push(OutcomeRow {
-                                        seq: job_seqs[i],
-                                        phone_id: targets[i].phone_id,
-                                        token: targets[i].token.clone(),
-                                        outcome,
-                                    }),
-                                }
-                            }
-                            if batch.len() >= BATCH {
-                                self.flush(&job.ring_id, &mut batch).await;
-                            }
-                        },
-                        // cancel-safe: a missed tick only delays a flush
-                        _ = tick.tick() => {
-                            self.flush(&job.ring_id, &mut batch).await;
-                        }
-                    }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let send = sending.transport.send(msg.clone(), round.targets().clone(), tx, stop);
+            let ((), ()) = tokio::join!(send, self.record(job, &mut round, rx, stop, latency));
+            let end = round.end();
+            if end.unheard > 0 {
+                warn!(ring = %job.ring_id, phones = end.unheard, "the transport gave no outcome for some phones: retrying them");
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let jitter = rand::thread_rng().gen::<f64>();
+            match retries.after(&end, remaining, jitter) {
+                Next::Done => return true,
+                Next::GiveUp => {
+                    warn!(ring = %job.ring_id, phones = end.retry.len(), "ring expires before another retry: giving up on the rest");
+                    return true; // finish_ring marks them expired
                 }
-                // The channel closes as the last answer is handed over: that moment is "all".
-                if answered {
-                    latency.all = Some(crate::domain::now_ms() - job.received_at);
-                }
-                // What could not be written yet is written now, however long the store needs.
-                let mut wait = STORE_RETRY_MIN;
-                while !self.flush(&job.ring_id, &mut batch).await {
+                Next::Retry { wait, attempt } => {
+                    warn!(ring = %job.ring_id, phones = end.retry.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
                     tokio::select! {
                         // cancel-safe: only a timer
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => break,
-                    }
-                    wait = (wait * 2).min(STORE_RETRY_MAX);
-                }
-                let unheard: Vec<usize> = heard.iter().enumerate().filter(|(_, h)| !**h).map(|(i, _)| i).collect();
-                if !unheard.is_empty() {
-                    warn!(ring = %job.ring_id, phones = unheard.len(), "the transport gave no outcome for some phones: retrying them");
-                    for i in unheard {
-                        retry.push(targets[i].clone());
-                        retry_seqs.push(job_seqs[i]);
+                        _ = stop.cancelled() => return false,
                     }
                 }
-                (retry, retry_seqs, hint)
-            };
-            let ((), (retry, retry_seqs, hint)) = tokio::join!(send, record);
-            // Backoff grows only while rounds settle nothing: a round that answered some
-            // phones (say, a connection that drops now and then) retries the rest promptly.
-            let progressed = retry.len() < targets.len();
-            drop(targets);
-            pending = Arc::new(retry);
-            seqs = retry_seqs;
-            if pending.is_empty() {
-                break;
             }
-            attempt = if progressed { 1 } else { attempt + 1 };
-            let jitter = rand::thread_rng().gen::<f64>();
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(wait) = round.retry.delay(attempt, remaining, jitter, hint) else {
-                warn!(ring = %job.ring_id, phones = pending.len(), "ring expires before another retry: giving up on the rest");
-                break; // finish_ring marks them expired
-            };
-            warn!(ring = %job.ring_id, phones = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => return false,
-            }
+            round = Round::new(end.retry, end.seqs);
         }
-        true
     }
 
-    /// Writes `batch`; false if the store refused it (then `batch` keeps it for the next try).
-    async fn flush(&self, ring_id: &str, batch: &mut Vec<OutcomeRow>) -> bool {
-        if batch.is_empty() {
+    /// Takes one round's outcomes as the transport hands them over and records them in
+    /// batches, until the transport is done; then writes what is left, however long the
+    /// store needs (unless stopping).
+    async fn record(
+        &self,
+        job: &RingJob,
+        round: &mut Round,
+        mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
+        stop: &CancellationToken,
+        latency: &mut Latency,
+    ) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        // Answers are taken up to 256 at a time: one wake-up of this task per burst.
+        let mut got = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                // cancel-safe: recv_many() loses no message when another arm wins
+                n = rx.recv_many(&mut got, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    if latency.first.is_none() {
+                        latency.first = Some(crate::domain::now_ms() - job.received_at);
+                    }
+                    for (i, outcome) in got.drain(..) {
+                        round.on_outcome(i, outcome);
+                    }
+                    if round.batch_full() {
+                        self.flush(&job.ring_id, round).await;
+                    }
+                },
+                // cancel-safe: a missed tick only delays a flush
+                _ = tick.tick() => {
+                    self.flush(&job.ring_id, round).await;
+                }
+            }
+        }
+        // The channel closes as the last answer is handed over: that moment is "all".
+        if round.answered() {
+            latency.all = Some(crate::domain::now_ms() - job.received_at);
+        }
+        let mut wait = STORE_RETRY_MIN;
+        while !self.flush(&job.ring_id, round).await {
+            tokio::select! {
+                // cancel-safe: only a timer
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    /// Writes the round's unwritten outcomes; false if the store refused them (then the round
+    /// keeps them for the next try).
+    async fn flush(&self, ring_id: &str, round: &mut Round) -> bool {
+        if round.unwritten() == 0 {
             return true;
         }
-        let items = Arc::new(std::mem::take(batch));
+        let items = Arc::new(round.take_rows());
         let ring = ring_id.to_string();
         let n = items.len();
         let shared = items.clone();
@@ -405,7 +368,7 @@ impl Outbox {
             Ok(_) => true,
             Err(e) => {
                 warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
-                *batch = Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone());
+                round.keep_rows(Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone()));
                 false
             }
         }
@@ -469,20 +432,5 @@ mod tests {
         assert_eq!((report.summary.expired, report.summary.delivered), (1, 0));
         // It kept trying for most of the expiry, and never past it.
         assert!(waited > Duration::from_secs(200) && waited <= Duration::from_secs(300), "{waited:?}");
-    }
-
-    #[test]
-    fn backoff_grows_is_jittered_and_respects_expiry() {
-        let p = RetryPolicy::default();
-        let minute = Duration::from_secs(60);
-        assert_eq!(p.delay(1, minute, 0.0, None), Some(Duration::from_millis(100)));
-        assert_eq!(p.delay(2, minute, 0.0, None), Some(Duration::from_millis(200)));
-        assert_eq!(p.delay(4, minute, 0.0, None), Some(Duration::from_millis(800)));
-        assert_eq!(p.delay(4, minute, 1.0, None), Some(Duration::from_millis(400)));
-        assert_eq!(p.delay(30, 10 * minute, 0.0, None), Some(Duration::from_secs(30)));
-        // Apple's hint wins when longer.
-        assert_eq!(p.delay(1, minute, 0.0, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
-        // Never past expiry.
-        assert_eq!(p.delay(10, Duration::from_secs(1), 0.0, None), None);
     }
 }
