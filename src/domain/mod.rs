@@ -8,10 +8,12 @@ pub mod mem;
 pub mod outcome;
 pub mod press;
 pub mod time;
+pub mod timing;
 pub mod token;
 
 pub use ids::check_id;
 pub use outcome::{Message, Outcome, Reason, Target};
 pub use press::{ButtonPress, Source};
 pub use time::{now_ms, now_us};
+pub use timing::RingTiming;
 pub use token::{normalize_token, short_token, Environment, Token, TokenError, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES};

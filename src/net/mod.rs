@@ -3,4 +3,5 @@
 
 pub mod apns;
 pub mod mqtt;
+pub mod quickack;
 pub mod tls;

@@ -11,6 +11,7 @@ pub mod handle;
 pub mod import;
 pub mod pairing;
 pub mod presses;
+pub mod recipients;
 pub mod rings;
 pub mod schema;
 
@@ -44,7 +45,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Connection,
     /// Big recipient lists kept between rings (see `Store::create_ring`).
-    recipients: rings::KeptRecipients,
+    recipients: recipients::KeptRecipients,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -60,11 +60,18 @@ impl Mosquitto {
     /// Starts on a given port (to restart a broker where clients expect it), with
     /// persistence in `dir` so QoS 1 sessions survive a restart.
     pub fn start_on(dir: &Path, port: u16) -> Mosquitto {
+        Self::start_with(dir, port, true)
+    }
+
+    /// Like [`Mosquitto::start_on`]; `nodelay: false` leaves out `set_tcp_nodelay true`, as
+    /// Debian's mosquitto is installed (Nagle's algorithm on the broker's sockets).
+    pub fn start_with(dir: &Path, port: u16, nodelay: bool) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
+        let nodelay = if nodelay { "set_tcp_nodelay true\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\n{nodelay}persistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 dir.display()
             ),
         )

@@ -6,25 +6,24 @@
 //! so a crash leaves exactly the unanswered phones pending for the next start. Talks to no
 //! APNs server itself: a [`Transport`] does.
 
-use crate::codec::apns_payload::ring_payload;
-use crate::domain::{Message, Outcome, Target};
+use crate::domain::timing::{SendTiming, TimingReport};
+use crate::domain::{Environment, Message, Outcome, RingTiming, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
 use crate::service::publisher::Publisher;
-use crate::store::rings::{PhoneOutcome, RingJob, RingSummary, Topics};
+use crate::store::rings::{PhoneOutcome, RingSummary};
 use crate::store::StoreHandle;
-use rand::Rng;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 mod round;
+mod send;
 pub use round::RetryPolicy;
-use round::{Next, Retries, Round};
 
 /// Outcomes are written when [`round::BATCH`] have arrived, or when this much time has passed.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -36,16 +35,6 @@ const DETAIL_LIMIT: usize = 100;
 const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What one delivery's rounds share: the transport and retry policy it started with.
-struct Sending<'a> {
-    transport: &'a Transport,
-    retry: RetryPolicy,
-    stop: &'a CancellationToken,
-}
-
-/// The phones of a ring that share an app topic: their targets and places in the job.
-type TopicGroup = (Option<String>, Arc<Vec<Target>>, Vec<i64>);
-
 /// The APNs transport a daemon runs with.
 #[derive(Clone)]
 pub enum Transport {
@@ -55,6 +44,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Gets connections ready for a ring of about `phones` phones in `env` (the HTTP/2
+    /// client's pool; the legacy protocol connects per ring).
+    pub fn prepare(&self, env: Environment, phones: usize) {
+        if let Transport::Http2(c) = self {
+            c.prepare(env, c.width(phones));
+        }
+    }
+
     /// The credentials problem that stopped the transport, if any.
     pub fn stopped(&self) -> Option<crate::domain::Reason> {
         match self {
@@ -69,12 +66,16 @@ impl Transport {
         &self,
         msg: Arc<Message>,
         targets: Arc<Vec<Target>>,
+        range: std::ops::Range<usize>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: &CancellationToken,
-    ) {
+    ) -> SendTiming {
         match self {
-            Transport::Http2(c) => c.send(msg, targets, out, stop).await,
-            Transport::Binary(c) => c.send(msg, targets, out).await,
+            Transport::Http2(c) => c.send_range(msg, targets, range, out, stop).await,
+            Transport::Binary(c) => {
+                c.send_range(msg, targets, range, out).await;
+                SendTiming::default()
+            }
         }
     }
 }
@@ -83,6 +84,8 @@ impl Transport {
 #[derive(Clone)]
 pub struct OutboxSettings {
     pub topic: Arc<str>,
+    /// The environment of most phones (`apns.environment`): connections are kept ready there.
+    pub environment: Environment,
     pub sound: String,
     pub retry: RetryPolicy,
 }
@@ -94,6 +97,8 @@ pub struct RingReport {
     pub summary: RingSummary,
     /// Press received -> first answer from APNs, and -> every phone answered.
     pub latency_ms: Latency,
+    /// Where the ring's time went, stage by stage (µs after the press was received).
+    pub timing_us: TimingReport,
     /// One line per phone, for rings of at most 100 phones.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<PhoneOutcome>>,
@@ -113,6 +118,8 @@ pub struct Outbox {
     current: Arc<RwLock<(Transport, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
+    /// How many phones the widest ring to expect reaches: connections for it are kept ready.
+    expected: Arc<AtomicUsize>,
 }
 
 impl Outbox {
@@ -122,7 +129,25 @@ impl Outbox {
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
-        Outbox { store, current: Arc::new(RwLock::new((transport, settings))), publisher }
+        Outbox {
+            store,
+            current: Arc::new(RwLock::new((transport, settings))),
+            publisher,
+            expected: Arc::new(AtomicUsize::new(1)),
+        }
+    }
+
+    /// A ring of `phones` phones is to be expected (the widest seen is kept).
+    pub fn expect(&self, phones: usize) {
+        self.expected.fetch_max(phones, Ordering::Relaxed);
+    }
+
+    /// Gets the transport ready for the widest ring to expect: called when a press arrives
+    /// (its ring is recorded meanwhile) and at start-up, so that connections are open, and
+    /// checked if they sat idle, before the first request.
+    pub fn prepare(&self) {
+        let (transport, settings) = self.current.read().expect("outbox lock").clone();
+        transport.prepare(settings.environment, self.expected.load(Ordering::Relaxed));
     }
 
     /// The transport new deliveries use.
@@ -135,77 +160,16 @@ impl Outbox {
         *self.current.write().expect("outbox lock") = (transport, settings);
     }
 
-    /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
-    /// (then the unanswered phones stay pending in the database for the next start).
-    pub async fn deliver(&self, mut job: RingJob, stop: CancellationToken) -> Option<RingReport> {
-        let (transport, settings) = self.current.read().expect("outbox lock").clone();
-        let payload = match ring_payload(&job.doorbell_id, &job.doorbell_name, &job.ring_id, &settings.sound) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(ring = %job.ring_id, error = %e, "payload too large: ring not sent");
-                return None;
-            }
-        };
-        // One message per app topic (nearly always one). The job's targets go to the
-        // transport as they are, shared, not copied: a 120,000-phone ring holds each token once.
-        let phones = std::mem::take(&mut job.phones);
-        let groups: Vec<TopicGroup> = match &phones.topics {
-            Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), (0..phones.len() as i64).collect())],
-            Topics::PerPhone(topics) => {
-                let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
-                for (seq, (t, topic)) in phones.targets.iter().zip(topics.iter()).enumerate() {
-                    let (targets, seqs) = by_topic.entry(topic.clone()).or_default();
-                    seqs.push(seq as i64);
-                    targets.push(t.clone());
-                }
-                by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), seqs)).collect()
-            }
-        };
-        drop(phones);
-        let mut latency = Latency::default();
-        for (topic, targets, seqs) in groups {
-            let msg = Arc::new(Message {
-                topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
-                payload: payload.clone(),
-                expiration: (job.expires_at / 1000).max(0) as u64,
-                collapse_id: job.doorbell_id.as_str().into(),
-                priority: 10,
-            });
-            let sending = Sending { transport: &transport, retry: settings.retry, stop: &stop };
-            if !self.send_until_settled(&job, msg, targets, seqs, &sending, &mut latency).await {
-                return None; // stopping: the rest stays pending
-            }
-        }
-        let ring = job.ring_id.clone();
-        let summary = self.persist(&job.ring_id, "close the ring", &stop, move || {
-            let ring = ring.clone();
-            move |s: &mut crate::store::Store| s.finish_ring(&ring)
-        });
-        let summary = summary.await?;
-        let results = if summary.phones as usize <= DETAIL_LIMIT {
-            let ring = job.ring_id.clone();
-            self.store.run(move |s| s.ring_phones(&ring, DETAIL_LIMIT)).await.ok()
-        } else {
-            None
-        };
-        let report = RingReport { summary, latency_ms: latency, results };
-        info!(
-            ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
-            failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
-            first_ms = latency.first, all_ms = latency.all, "ring done"
-        );
-        self.publish(&report);
-        if report.summary.phones as usize >= TRIM_AFTER {
-            crate::domain::mem::release_free_memory();
-        }
-        Some(report)
-    }
-
     /// Publishes the outcome of a ring that expired before it could be sent.
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport { summary, latency_ms: Latency::default(), results: None }),
+            Ok(summary) => self.publish(&RingReport {
+                summary,
+                latency_ms: Latency::default(),
+                timing_us: RingTiming::received_at(crate::domain::now_us()).report(),
+                results: None,
+            }),
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }
@@ -243,136 +207,6 @@ impl Outbox {
             wait = (wait * 2).min(STORE_RETRY_MAX);
         }
     }
-
-    /// Sends, records, and retries until nothing is left to retry. Returns false if stopped.
-    /// The accounting is [`Round`]'s and the retry decisions [`Retries`]'; this only does the
-    /// I/O: the transport, the store, the clock.
-    async fn send_until_settled(
-        &self,
-        job: &RingJob,
-        msg: Arc<Message>,
-        targets: Arc<Vec<Target>>,
-        seqs: Vec<i64>,
-        sending: &Sending<'_>,
-        latency: &mut Latency,
-    ) -> bool {
-        let stop = sending.stop;
-        let mut retries = Retries::new(sending.retry);
-        // The expiry on the runtime's clock, so waits and the deadline agree (and tests can
-        // pause time).
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis((job.expires_at - crate::domain::now_ms()).max(0) as u64);
-        if targets.is_empty() {
-            return true;
-        }
-        let mut round = Round::new(targets, seqs);
-        loop {
-            if stop.is_cancelled() {
-                return false;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let send = sending.transport.send(msg.clone(), round.targets().clone(), tx, stop);
-            let ((), ()) = tokio::join!(send, self.record(job, &mut round, rx, stop, latency));
-            let end = round.end();
-            if end.unheard > 0 {
-                warn!(ring = %job.ring_id, phones = end.unheard, "the transport gave no outcome for some phones: retrying them");
-            }
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let jitter = rand::thread_rng().gen::<f64>();
-            match retries.after(&end, remaining, jitter) {
-                Next::Done => return true,
-                Next::GiveUp => {
-                    warn!(ring = %job.ring_id, phones = end.retry.len(), "ring expires before another retry: giving up on the rest");
-                    return true; // finish_ring marks them expired
-                }
-                Next::Retry { wait, attempt } => {
-                    warn!(ring = %job.ring_id, phones = end.retry.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
-                    tokio::select! {
-                        // cancel-safe: only a timer
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => return false,
-                    }
-                }
-            }
-            round = Round::new(end.retry, end.seqs);
-        }
-    }
-
-    /// Takes one round's outcomes as the transport hands them over and records them in
-    /// batches, until the transport is done; then writes what is left, however long the
-    /// store needs (unless stopping).
-    async fn record(
-        &self,
-        job: &RingJob,
-        round: &mut Round,
-        mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
-        stop: &CancellationToken,
-        latency: &mut Latency,
-    ) {
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        // Answers are taken up to 256 at a time: one wake-up of this task per burst.
-        let mut got = Vec::with_capacity(256);
-        loop {
-            tokio::select! {
-                // cancel-safe: recv_many() loses no message when another arm wins
-                n = rx.recv_many(&mut got, 256) => {
-                    if n == 0 {
-                        break;
-                    }
-                    if latency.first.is_none() {
-                        latency.first = Some(crate::domain::now_ms() - job.received_at);
-                    }
-                    for (i, outcome) in got.drain(..) {
-                        round.on_outcome(i, outcome);
-                    }
-                    if round.batch_full() {
-                        self.flush(&job.ring_id, round).await;
-                    }
-                },
-                // cancel-safe: a missed tick only delays a flush
-                _ = tick.tick() => {
-                    self.flush(&job.ring_id, round).await;
-                }
-            }
-        }
-        // The channel closes as the last answer is handed over: that moment is "all".
-        if round.answered() {
-            latency.all = Some(crate::domain::now_ms() - job.received_at);
-        }
-        let mut wait = STORE_RETRY_MIN;
-        while !self.flush(&job.ring_id, round).await {
-            tokio::select! {
-                // cancel-safe: only a timer
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => break,
-            }
-            wait = (wait * 2).min(STORE_RETRY_MAX);
-        }
-    }
-
-    /// Writes the round's unwritten outcomes; false if the store refused them (then the round
-    /// keeps them for the next try).
-    async fn flush(&self, ring_id: &str, round: &mut Round) -> bool {
-        if round.unwritten() == 0 {
-            return true;
-        }
-        let items = Arc::new(round.take_rows());
-        let ring = ring_id.to_string();
-        let n = items.len();
-        let shared = items.clone();
-        match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
-            Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
-                true
-            }
-            Ok(_) => true,
-            Err(e) => {
-                warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
-                round.keep_rows(Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone()));
-                false
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -403,6 +237,7 @@ mod tests {
             recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
+            read_later: false,
         };
         let RingStart::Created(job) = store.create_ring(&press).unwrap() else { panic!() };
         let store = StoreHandle::spawn(store);
@@ -424,10 +259,15 @@ mod tests {
             store.clone(),
             Transport::Http2(client),
             None,
-            OutboxSettings { topic: "t".into(), sound: "default".into(), retry: RetryPolicy::default() },
+            OutboxSettings {
+                topic: "t".into(),
+                environment: Environment::Production,
+                sound: "default".into(),
+                retry: RetryPolicy::default(),
+            },
         );
         let t0 = tokio::time::Instant::now();
-        let report = outbox.deliver(job, CancellationToken::new()).await.unwrap();
+        let report = outbox.deliver(job, RingTiming::default(), CancellationToken::new()).await.unwrap();
         let waited = t0.elapsed();
         assert_eq!((report.summary.expired, report.summary.delivered), (1, 0));
         // It kept trying for most of the expiry, and never past it.

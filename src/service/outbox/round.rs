@@ -36,11 +36,12 @@ impl RetryPolicy {
     }
 }
 
-/// One round: the phones sent to (`targets`, with their places `seqs` in the ring's job) and
-/// what came back for them.
+/// One round: the phones sent to (`targets[from..]`, with their places `seqs` in the ring's
+/// job) and what came back for them.
 #[derive(Debug)]
 pub struct Round {
     targets: Arc<Vec<Target>>,
+    from: usize,
     seqs: Vec<i64>,
     /// Which phones got an outcome: one the transport never answered for (a bug, a panicked
     /// task) is retried, not left to expire unnoticed.
@@ -68,9 +69,12 @@ pub struct RoundEnd {
 }
 
 impl Round {
-    pub fn new(targets: Arc<Vec<Target>>, seqs: Vec<i64>) -> Round {
-        let n = targets.len();
+    /// A round over `targets[from..]`; `seqs[k]` is the place of `targets[from + k]`.
+    pub fn new(targets: Arc<Vec<Target>>, from: usize, seqs: Vec<i64>) -> Round {
+        let n = targets.len() - from;
+        debug_assert_eq!(seqs.len(), n);
         Round {
+            from,
             heard: vec![false; n],
             rows: Vec::with_capacity(BATCH.min(n)),
             retry: Vec::new(),
@@ -82,9 +86,13 @@ impl Round {
         }
     }
 
-    /// The phones this round sends to.
+    /// The phones this round sends to: `targets()[from()..]`.
     pub fn targets(&self) -> &Arc<Vec<Target>> {
         &self.targets
+    }
+
+    pub fn from(&self) -> usize {
+        self.from
     }
 
     /// Any outcome came back yet.
@@ -92,21 +100,20 @@ impl Round {
         self.answered
     }
 
-    /// The outcome for phone `i` of this round: a retry is kept for the next round, anything
-    /// else is to be recorded.
+    /// The outcome for `targets()[i]`: a retry is kept for the next round, anything else is
+    /// to be recorded.
     pub fn on_outcome(&mut self, i: usize, outcome: Outcome) {
         self.answered = true;
-        self.heard[i] = true;
-        let t = &self.targets[i];
+        let k = i - self.from;
+        self.heard[k] = true;
+        let (t, seq) = (&self.targets[i], self.seqs[k]);
         match outcome {
             Outcome::Retry { after, .. } => {
                 self.hint = self.hint.max(after);
                 self.retry.push(t.clone());
-                self.retry_seqs.push(self.seqs[i]);
+                self.retry_seqs.push(seq);
             }
-            outcome => {
-                self.rows.push(OutcomeRow { seq: self.seqs[i], phone_id: t.phone_id, token: t.token.clone(), outcome })
-            }
+            outcome => self.rows.push(OutcomeRow { seq, phone_id: t.phone_id, token: t.token.clone(), outcome }),
         }
     }
 
@@ -137,14 +144,14 @@ impl Round {
     pub fn end(self) -> RoundEnd {
         let (mut retry, mut seqs) = (self.retry, self.retry_seqs);
         let mut unheard = 0;
-        for (i, heard) in self.heard.iter().enumerate() {
+        for (k, heard) in self.heard.iter().enumerate() {
             if !heard {
                 unheard += 1;
-                retry.push(self.targets[i].clone());
-                seqs.push(self.seqs[i]);
+                retry.push(self.targets[self.from + k].clone());
+                seqs.push(self.seqs[k]);
             }
         }
-        let progressed = retry.len() < self.targets.len();
+        let progressed = retry.len() < self.heard.len();
         RoundEnd { retry: Arc::new(retry), seqs, hint: self.hint, unheard, progressed }
     }
 }

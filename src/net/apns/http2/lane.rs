@@ -2,23 +2,28 @@
 //! a connection, follow the provider token) and feeds it what happened (answers, refusals, the
 //! stall timer). The rules live in `codec::apns_http2::lane`; this loop only does the I/O.
 
+use super::pool::Conn;
 use super::request::{answer, start, Prepared, ReqError};
-use super::{Conn, Http2Client};
+use super::Http2Client;
 use crate::codec::apns_http2::lane::{Lane, Queue, Stall, Step};
 use crate::codec::apns_http2::Effect;
-use crate::domain::{Environment, Message, Outcome, Target};
+use crate::domain::timing::SendTiming;
+use crate::domain::{now_us, Environment, Message, Outcome, Target};
 use crate::net::apns::auth::JwtMinter;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use h2::client::SendRequest;
 use http::HeaderValue;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+/// A lane gives the other tasks a turn after this many requests handed over in a row.
+const YIELD_EVERY: usize = 64;
 
 /// One environment's share of a batch, shared by its lanes.
 pub(super) struct Batch {
@@ -28,11 +33,43 @@ pub(super) struct Batch {
     pub queue: Queue,
     pub out: mpsc::UnboundedSender<(usize, Outcome)>,
     pub stop: CancellationToken,
+    /// How many lanes carry the batch.
+    pub lanes: usize,
+    pub stamps: Stamps,
+    /// Why a lane could not get a connection (the first reason), for what is left unsent.
+    pub failure: std::sync::Mutex<Option<String>>,
+}
+
+/// When a batch sent its first request and had every lane's window open (µs since the
+/// epoch; 0 until then), for the ring's timing.
+#[derive(Default)]
+pub(super) struct Stamps {
+    first_request: AtomicI64,
+    wide: AtomicUsize,
+    full_width: AtomicI64,
+}
+
+impl Stamps {
+    pub fn timing(&self) -> SendTiming {
+        let at = |a: &AtomicI64| Some(a.load(Ordering::Acquire)).filter(|&t| t > 0);
+        SendTiming { first_request: at(&self.first_request), full_width: at(&self.full_width), lanes: 0 }
+    }
 }
 
 impl Batch {
     fn report(&self, phone: usize, outcome: Outcome) {
         let _ = self.out.send((phone, outcome));
+    }
+
+    fn sent_first(&self) {
+        let _ = self.stamps.first_request.compare_exchange(0, now_us(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// One more lane has its window open.
+    fn lane_wide(&self) {
+        if self.stamps.wide.fetch_add(1, Ordering::AcqRel) + 1 == self.lanes {
+            self.stamps.full_width.store(now_us(), Ordering::Release);
+        }
     }
 }
 
@@ -71,8 +108,8 @@ struct Wire {
 
 impl Http2Client {
     /// One connection's share of a batch: keeps its window of streams full until the shared
-    /// queue runs out. `first` is the connection to start on (else the lane gets one itself).
-    pub(super) async fn lane(&self, batch: Arc<Batch>, mut first: Option<Arc<Conn>>) {
+    /// queue runs out, on slot `k` of the environment's pool.
+    pub(super) async fn lane(&self, batch: Arc<Batch>, k: usize) {
         let mut prep = match Prepared::new(batch.env, &batch.msg) {
             Ok(p) => p,
             Err(why) => {
@@ -93,6 +130,9 @@ impl Http2Client {
         let mut bearer: Option<LaneBearer> = None;
         let stall = tokio::time::sleep(settings.request_timeout);
         tokio::pin!(stall);
+        // For the ring's timing: this lane sent its first request, had its window open.
+        let (mut sent, mut wide) = (false, false);
+        let mut since_yield = 0;
         loop {
             if batch.stop.is_cancelled() {
                 lane.stop();
@@ -113,6 +153,18 @@ impl Http2Client {
                             Ok(resp) => {
                                 let gen = lane.bearer_gen();
                                 inflight.push(async move { (i, answer(resp).await, gen) });
+                                if !sent {
+                                    sent = true;
+                                    batch.sent_first();
+                                }
+                                // Handing over a request never waits while the window has
+                                // room: let the connection's driver write what is queued, and
+                                // the other lanes start, every run of requests.
+                                since_yield += 1;
+                                if since_yield >= YIELD_EVERY {
+                                    since_yield = 0;
+                                    tokio::task::yield_now().await;
+                                }
                             }
                             Err(ReqError::Refused) => {
                                 w.conn.closed.store(true, Ordering::Release);
@@ -128,22 +180,27 @@ impl Http2Client {
                         bearer = Some(b);
                         lane.on_bearer(changed);
                     }
-                    Step::Connect => {
-                        let fresh = match first.take() {
-                            Some(c) => Ok(c),
-                            None => self.connect_pooled(batch.env).await,
-                        };
-                        match fresh {
-                            Ok(c) => {
-                                if let Some(old) = &wire {
-                                    debug!(old = old.conn.id, new = c.id, "lane moved to a fresh connection");
-                                }
-                                lane.on_connected(c.confirmed.load(Ordering::Acquire));
-                                wire = Some(Wire { send: c.send.clone(), conn: c });
+                    Step::Connect => match self.slot(batch.env, k).await {
+                        Ok(c) => {
+                            if let Some(old) = &wire {
+                                debug!(old = old.conn.id, new = c.id, "lane moved to a fresh connection");
                             }
-                            Err(why) => lane.on_connect_failed(why),
+                            lane.on_connected(c.confirmed.load(Ordering::Acquire));
+                            wire = Some(Wire { send: c.send.clone(), conn: c });
+                            if !wide && lane.confirmed() {
+                                wide = true;
+                                batch.lane_wide();
+                            }
                         }
-                    }
+                        Err(why) => {
+                            let mut failure = batch.failure.lock().expect("failure lock");
+                            if failure.is_none() {
+                                warn!(environment = %batch.env, error = %why, "cannot connect to APNs");
+                                *failure = Some(why.clone());
+                            }
+                            lane.on_connect_failed(why);
+                        }
+                    },
                     Step::Wait => break,
                     Step::Finish => {
                         // Claimed but not sent: back to the outbox (pending when stopping).
@@ -194,6 +251,10 @@ impl Http2Client {
                         if let Some(w) = &wire {
                             w.conn.confirmed.store(true, Ordering::Release);
                             w.conn.last_used.store(crate::domain::now_ms(), Ordering::Relaxed);
+                        }
+                        if !wide {
+                            wide = true;
+                            batch.lane_wide();
                         }
                     }
                 },

@@ -13,24 +13,24 @@
 //! is [`request`].
 
 mod lane;
+mod pool;
 mod request;
 
 use super::auth::{ClientIdentity, JwtMinter};
 use crate::codec::apns_http2::lane::Queue;
+use crate::domain::timing::SendTiming;
 use crate::domain::{Environment, Message, Outcome, Reason, Target, Token};
 use bytes::Bytes;
-use h2::client::SendRequest;
 use lane::Batch;
+use pool::{Conn, Pool};
 use request::{answer, start, Prepared, ReqError};
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{warn, Instrument};
 
 /// How long establishing TCP + TLS + HTTP/2 may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,11 +44,6 @@ pub enum Http2Error {
     #[error("apns.endpoint '{0}' is not https://HOST:PORT")]
     Endpoint(String),
 }
-
-/// A pooled connection idle for longer than this is PINGed before it is used again.
-const IDLE_CHECK_MS: i64 = 30_000;
-/// How long a PING may take before the connection is declared dead.
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What one probe request learnt.
 #[derive(Debug, Clone)]
@@ -92,33 +87,14 @@ struct Inner {
     connector: TlsConnector,
     minter: Option<Arc<JwtMinter>>,
     settings: Http2Settings,
-    pools: [Mutex<Vec<Arc<Conn>>>; 2],
+    pools: [Pool; 2],
     next_conn_id: AtomicU64,
     /// Set by a credentials 403: the transport stops instead of hammering Apple.
     stopped: Mutex<Option<Reason>>,
     /// The last SETTINGS_MAX_CONCURRENT_STREAMS any connection saw (starts at our cap).
     server_limit: Arc<AtomicUsize>,
-}
-
-/// One HTTP/2 connection.
-struct Conn {
-    id: u64,
-    send: SendRequest<Bytes>,
-    /// The connection driver finished (GOAWAY, error, EOF): open another.
-    closed: Arc<AtomicBool>,
-    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS as last seen by the driver.
-    server_limit: Arc<AtomicUsize>,
-    /// A first answer came back: with token auth, only now may more than one stream open.
-    confirmed: AtomicBool,
-    /// When the last answer arrived (ms): an idle connection is PINGed before reuse.
-    last_used: AtomicI64,
-    ping: tokio::sync::Mutex<Option<h2::PingPong>>,
-}
-
-impl Conn {
-    fn alive(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
-    }
+    /// A `prepare` is at work.
+    preparing: AtomicBool,
 }
 
 fn env_index(env: Environment) -> usize {
@@ -139,10 +115,11 @@ impl Http2Client {
             inner: Arc::new(Inner {
                 connector: TlsConnector::from(tls),
                 minter,
-                pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+                pools: [Pool::new(settings.max_connections as usize), Pool::new(settings.max_connections as usize)],
                 next_conn_id: AtomicU64::new(1),
                 stopped: Mutex::new(None),
                 server_limit: Arc::new(AtomicUsize::new(settings.max_streams as usize)),
+                preparing: AtomicBool::new(false),
                 settings,
             }),
         })
@@ -161,16 +138,29 @@ impl Http2Client {
         targets: Arc<Vec<Target>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: &CancellationToken,
-    ) {
+    ) -> SendTiming {
+        let all = 0..targets.len();
+        self.send_range(msg, targets, all, out, stop).await
+    }
+
+    /// Like [`Http2Client::send`], to `targets[range]` only (indexes stay those of `targets`).
+    pub async fn send_range(
+        &self,
+        msg: Arc<Message>,
+        targets: Arc<Vec<Target>>,
+        range: std::ops::Range<usize>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) -> SendTiming {
         if let Some(reason) = self.stopped() {
-            for i in 0..targets.len() {
+            for i in range {
                 let _ = out.send((i, Outcome::Failed { reason: reason.clone(), status: 403 }));
             }
-            return;
+            return SendTiming::default();
         }
         let mut by_env: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
-        for (i, t) in targets.iter().enumerate() {
-            by_env[env_index(t.environment)].push(i);
+        for i in range {
+            by_env[env_index(targets[i].environment)].push(i);
         }
         let envs = [Environment::Sandbox, Environment::Production];
         let jobs = envs.into_iter().zip(by_env).filter(|(_, idx)| !idx.is_empty()).map(|(env, idx)| {
@@ -178,7 +168,7 @@ impl Http2Client {
             let (msg, targets, out, stop) = (msg.clone(), targets.clone(), out.clone(), stop.clone());
             async move { me.send_env(env, msg, targets, idx, out, stop).await }
         });
-        futures_util::future::join_all(jobs).await;
+        futures_util::future::join_all(jobs).await.into_iter().fold(SendTiming::default(), SendTiming::merge)
     }
 
     async fn send_env(
@@ -189,38 +179,45 @@ impl Http2Client {
         idx: Vec<usize>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
-    ) {
+    ) -> SendTiming {
         // Size the lanes by the smaller of our cap and the last stream limit a server announced.
-        let per_conn =
-            (self.inner.settings.max_streams as usize).min(self.inner.server_limit.load(Ordering::Relaxed)).max(1);
-        let wanted = idx.len().div_ceil(per_conn).clamp(1, self.inner.settings.max_connections as usize);
-        let conns = match self.lanes(env, wanted).await {
-            Ok(c) => c,
-            Err(why) => {
-                warn!(environment = %env, error = %why, "cannot connect to APNs");
-                for &i in idx.iter() {
-                    let _ = out.send((i, Outcome::Retry { reason: Reason::Connection(why.clone()), after: None }));
-                }
-                return;
-            }
-        };
-        let batch = Arc::new(Batch { env, msg, targets, queue: Queue::new(idx), out, stop });
-        let lanes = conns.into_iter().map(|conn| {
-            let (me, batch) = (self.clone(), batch.clone());
-            tokio::spawn(async move { me.lane(batch, Some(conn)).await }.in_current_span())
+        let lanes = self.width(idx.len()).max(1);
+        // Every lane gets its connection itself (slot k of the pool), at the same time: the
+        // first requests go out on the first connection ready, not after all are.
+        let batch = Arc::new(Batch {
+            env,
+            msg,
+            targets,
+            queue: Queue::new(idx),
+            out,
+            stop,
+            lanes,
+            stamps: Default::default(),
+            failure: Mutex::new(None),
         });
-        for lane in futures_util::future::join_all(lanes).await {
+        let running = (0..lanes).map(|k| {
+            let (me, batch) = (self.clone(), batch.clone());
+            tokio::spawn(async move { me.lane(batch, k).await }.in_current_span())
+        });
+        for lane in futures_util::future::join_all(running).await {
             if let Err(e) = lane {
                 warn!(error = %e, "an APNs lane ended abnormally");
             }
         }
         // A lane that died leaves its unclaimed work to be claimed by the others; if every
         // lane died, what is left goes back to the outbox as retries.
+        let why = batch.failure.lock().expect("failure lock").clone().unwrap_or_else(|| "connection lost".into());
         for i in batch.queue.take_rest() {
-            let _ = batch
-                .out
-                .send((i, Outcome::Retry { reason: Reason::Connection("connection lost".into()), after: None }));
+            let _ = batch.out.send((i, Outcome::Retry { reason: Reason::Connection(why.clone()), after: None }));
         }
+        SendTiming { lanes, ..batch.stamps.timing() }
+    }
+
+    /// How many connections a batch of `phones` phones spreads over.
+    pub fn width(&self, phones: usize) -> usize {
+        let per_conn =
+            (self.inner.settings.max_streams as usize).min(self.inner.server_limit.load(Ordering::Relaxed)).max(1);
+        phones.div_ceil(per_conn).min(self.inner.settings.max_connections as usize)
     }
 
     fn window(&self, conn: &Conn) -> usize {
@@ -267,128 +264,5 @@ impl Http2Client {
             connected_ms,
             answered_ms: t0.elapsed().as_secs_f64() * 1000.0,
         })
-    }
-
-    /// Up to `wanted` live connections for `env`, opening what is missing. Pooled connections
-    /// that sat idle are PINGed first: a silently dead one is replaced, not trusted.
-    async fn lanes(&self, env: Environment, wanted: usize) -> Result<Vec<Arc<Conn>>, String> {
-        let pooled: Vec<Arc<Conn>> = {
-            let mut pool = self.inner.pools[env_index(env)].lock().expect("pool lock");
-            pool.retain(|c| c.alive());
-            pool.iter().take(wanted).cloned().collect()
-        };
-        let mut have = Vec::with_capacity(wanted);
-        for c in pooled {
-            if self.check_idle(&c).await {
-                have.push(c);
-            }
-        }
-        let mut last_err = None;
-        while have.len() < wanted {
-            match self.connect_pooled(env).await {
-                Ok(c) => have.push(c),
-                Err(e) => {
-                    last_err = Some(e);
-                    break;
-                }
-            }
-        }
-        if have.is_empty() {
-            return Err(last_err.unwrap_or_else(|| "no connection".into()));
-        }
-        Ok(have)
-    }
-
-    /// True if `c` is fit for use: recently used, or answering a PING.
-    async fn check_idle(&self, c: &Conn) -> bool {
-        if crate::domain::now_ms() - c.last_used.load(Ordering::Relaxed) < IDLE_CHECK_MS {
-            return true;
-        }
-        let mut ping = c.ping.lock().await;
-        let alive = match ping.as_mut() {
-            Some(p) => matches!(tokio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque())).await, Ok(Ok(_))),
-            None => true,
-        };
-        if alive {
-            c.last_used.store(crate::domain::now_ms(), Ordering::Relaxed);
-        } else {
-            info!(conn = c.id, "idle APNs connection did not answer PING: replacing it");
-            c.closed.store(true, Ordering::Release);
-        }
-        alive
-    }
-
-    /// Opens a connection and adds it to the pool of `env`.
-    async fn connect_pooled(&self, env: Environment) -> Result<Arc<Conn>, String> {
-        let c = self.connect(env).await?;
-        self.inner.pools[env_index(env)].lock().expect("pool lock").push(c.clone());
-        Ok(c)
-    }
-
-    async fn connect(&self, env: Environment) -> Result<Arc<Conn>, String> {
-        let (host, port) = match &self.inner.settings.endpoint {
-            Some((h, p)) => (h.clone(), *p),
-            None => (super::host(env).to_string(), 443),
-        };
-        let id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::debug_span!("apns_conn", conn = id, environment = %env);
-        let fut = async {
-            let tcp =
-                TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("bad host name {host}: {e}"))?;
-            let tls =
-                self.inner.connector.connect(name, tcp).await.map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err(format!("{host}:{port} does not speak HTTP/2 (no ALPN h2)"));
-            }
-            let (send, mut connection) = h2::client::Builder::new()
-                .initial_window_size(1 << 20)
-                .initial_connection_window_size(1 << 22)
-                .max_concurrent_streams(0)
-                .handshake::<_, Bytes>(tls)
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {host}:{port}: {e}"))?;
-            let ping = connection.ping_pong();
-            let closed = Arc::new(AtomicBool::new(false));
-            let server_limit = Arc::new(AtomicUsize::new(self.inner.settings.max_streams as usize));
-            let (c2, l2, shared) = (closed.clone(), server_limit.clone(), self.inner.server_limit.clone());
-            tokio::spawn(
-                async move {
-                    let driven = std::future::poll_fn(|cx| {
-                        let r = std::pin::Pin::new(&mut connection).poll(cx);
-                        let limit = connection.max_concurrent_send_streams();
-                        if l2.swap(limit, Ordering::Relaxed) != limit {
-                            shared.store(limit, Ordering::Relaxed);
-                        }
-                        r
-                    })
-                    .await;
-                    c2.store(true, Ordering::Release);
-                    match driven {
-                        Ok(()) => debug!("APNs connection closed"),
-                        Err(e) if e.is_go_away() => info!(error = %e, "APNs sent GOAWAY"),
-                        Err(e) => debug!(error = %e, "APNs connection ended"),
-                    }
-                }
-                .instrument(tracing::Span::current()),
-            );
-            debug!(%host, port, "APNs connection open");
-            Ok(Arc::new(Conn {
-                id,
-                send,
-                closed,
-                server_limit,
-                confirmed: AtomicBool::new(false),
-                last_used: AtomicI64::new(crate::domain::now_ms()),
-                ping: tokio::sync::Mutex::new(ping),
-            }))
-        }
-        .instrument(span);
-        match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("connect {host}:{port}: timed out")),
-        }
     }
 }

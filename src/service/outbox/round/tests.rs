@@ -24,8 +24,21 @@ fn ids(v: &[Target]) -> Vec<i64> {
 }
 
 #[test]
+fn a_round_can_start_inside_its_targets() {
+    // The phones after the first two (sent earlier, in a round of their own).
+    let mut r = Round::new(targets(5), 2, vec![2, 3, 4]);
+    r.on_outcome(3, Outcome::Delivered);
+    r.on_outcome(4, retry(None));
+    assert_eq!(r.take_rows().iter().map(|row| (row.seq, row.phone_id)).collect::<Vec<_>>(), vec![(3, 103)]);
+    let end = r.end();
+    assert_eq!(ids(&end.retry), vec![104, 102]);
+    assert_eq!(end.seqs, vec![4, 2]);
+    assert_eq!(end.unheard, 1);
+}
+
+#[test]
 fn final_outcomes_are_recorded_with_their_place_in_the_job() {
-    let mut r = Round::new(targets(3), vec![10, 11, 12]);
+    let mut r = Round::new(targets(3), 0, vec![10, 11, 12]);
     assert!(!r.answered());
     r.on_outcome(2, Outcome::Delivered);
     r.on_outcome(0, Outcome::Prune { reason: Reason::Unregistered, since: Some(5) });
@@ -38,7 +51,7 @@ fn final_outcomes_are_recorded_with_their_place_in_the_job() {
 
 #[test]
 fn rows_the_store_refused_go_first_in_the_next_write() {
-    let mut r = Round::new(targets(3), vec![0, 1, 2]);
+    let mut r = Round::new(targets(3), 0, vec![0, 1, 2]);
     r.on_outcome(0, Outcome::Delivered);
     let refused = r.take_rows();
     r.on_outcome(1, Outcome::Delivered);
@@ -48,7 +61,7 @@ fn rows_the_store_refused_go_first_in_the_next_write() {
 
 #[test]
 fn a_batch_is_full_at_batch_size() {
-    let mut r = Round::new(targets(BATCH + 1), (0..=BATCH as i64).collect());
+    let mut r = Round::new(targets(BATCH + 1), 0, (0..=BATCH as i64).collect());
     for i in 0..BATCH - 1 {
         r.on_outcome(i, Outcome::Delivered);
     }
@@ -59,7 +72,7 @@ fn a_batch_is_full_at_batch_size() {
 
 #[test]
 fn retries_and_unheard_phones_go_to_the_next_round_with_the_longest_hint() {
-    let mut r = Round::new(targets(4), vec![20, 21, 22, 23]);
+    let mut r = Round::new(targets(4), 0, vec![20, 21, 22, 23]);
     r.on_outcome(0, Outcome::Delivered);
     r.on_outcome(1, retry(Some(Duration::from_secs(2))));
     r.on_outcome(3, retry(Some(Duration::from_secs(1))));
@@ -75,7 +88,7 @@ fn retries_and_unheard_phones_go_to_the_next_round_with_the_longest_hint() {
 
 #[test]
 fn a_round_where_nothing_settled_did_not_progress() {
-    let mut r = Round::new(targets(2), vec![0, 1]);
+    let mut r = Round::new(targets(2), 0, vec![0, 1]);
     r.on_outcome(0, retry(None));
     let end = r.end();
     assert!(!end.progressed);
@@ -85,7 +98,7 @@ fn a_round_where_nothing_settled_did_not_progress() {
 
 #[test]
 fn a_round_with_nothing_to_retry_is_done() {
-    let mut r = Round::new(targets(2), vec![0, 1]);
+    let mut r = Round::new(targets(2), 0, vec![0, 1]);
     r.on_outcome(0, Outcome::Delivered);
     r.on_outcome(1, Outcome::Failed { reason: Reason::BadTopic, status: 400 });
     let end = r.end();
@@ -97,7 +110,7 @@ fn a_round_with_nothing_to_retry_is_done() {
 fn backoff_grows_while_nothing_settles_and_starts_over_after_progress() {
     let minute = Duration::from_secs(60);
     let stuck = || {
-        let mut r = Round::new(targets(2), vec![0, 1]);
+        let mut r = Round::new(targets(2), 0, vec![0, 1]);
         r.on_outcome(0, retry(None));
         r.on_outcome(1, retry(None));
         r.end()
@@ -111,7 +124,7 @@ fn backoff_grows_while_nothing_settles_and_starts_over_after_progress() {
     assert_eq!(wait(retries.after(&stuck(), minute, 0.0)), ms(100));
     assert_eq!(wait(retries.after(&stuck(), minute, 0.0)), ms(200));
     assert_eq!(retries.after(&stuck(), minute, 0.0), Next::Retry { wait: Duration::from_millis(400), attempt: 3 });
-    let mut r = Round::new(targets(2), vec![0, 1]);
+    let mut r = Round::new(targets(2), 0, vec![0, 1]);
     r.on_outcome(0, Outcome::Delivered);
     r.on_outcome(1, retry(None));
     assert_eq!(retries.after(&r.end(), minute, 0.0), Next::Retry { wait: Duration::from_millis(100), attempt: 1 });
@@ -120,7 +133,7 @@ fn backoff_grows_while_nothing_settles_and_starts_over_after_progress() {
 #[test]
 fn apples_hint_wins_and_expiry_ends_the_retries() {
     let mut retries = Retries::new(RetryPolicy::default());
-    let mut r = Round::new(targets(1), vec![0]);
+    let mut r = Round::new(targets(1), 0, vec![0]);
     r.on_outcome(0, retry(Some(Duration::from_secs(5))));
     let end = r.end();
     assert_eq!(
