@@ -54,6 +54,7 @@ fn main() {
                 seq: seq as i64,
                 phone_id: p.phone_id,
                 token: p.token.clone(),
+                environment: p.environment,
                 outcome: Outcome::Delivered,
             })
             .collect();
@@ -66,7 +67,7 @@ fn main() {
         }
         let recorded = t.elapsed();
         let t = Instant::now();
-        let summary = store.finish_ring(&ring_id).unwrap();
+        let summary = store.finish_ring(&ring_id, Default::default()).unwrap();
         let finished = t.elapsed();
         assert_eq!(summary.delivered as usize, n + usize::from(round == 2));
         println!(

@@ -183,7 +183,7 @@ async fn simple_120k_one_percent_invalid_loses_nothing_silently() {
         .ring_states(&s.ring_id)
         .unwrap()
         .into_iter()
-        .filter(|l| l.state == "delivered")
+        .filter(|l| l.state == dingdong::domain::PhoneState::Delivered)
         .map(|l| l.token)
         .collect();
     assert_eq!(delivered.len() as i64, s.delivered);

@@ -66,7 +66,10 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     assert_eq!(daemon.terminate(), Some(0));
     let store = Store::open(&d.join("dingdong.db")).unwrap();
     let ring = store.recent_rings(1).unwrap().remove(0);
-    assert!(ring.state == "pending" && ring.pending > 0, "SIGTERM left the unsent phones pending: {ring:?}");
+    assert!(
+        ring.state == dingdong::domain::RingState::Pending && ring.pending > 0,
+        "SIGTERM left the unsent phones pending: {ring:?}"
+    );
     drop(store);
     let daemon = Daemon::spawn(&cfg, d);
     let outcome = obs.ring_outcome().await;

@@ -1,4 +1,4 @@
-//! Everything the daemon decodes from the broker: `mqtt::sources::decode` over a topic under
+//! Everything the daemon decodes from the broker: `codec::bridge::decode` over a topic under
 //! the prefix and a payload. Input: `topic-suffix NUL payload` (no NUL: a native press topic).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         None => ("button/front/press".to_string(), data),
     };
     let topic = format!("{PREFIX}/{suffix}");
-    if let Ok(Some(inbound)) = dingdong::codec::bridge::decode(PREFIX, &topic, payload) {
+    if let Ok(Some(inbound)) = dingdong::codec::bridge::decode(&dingdong::codec::bridge::Routes::new(PREFIX), &topic, payload) {
         use dingdong::codec::bridge::Inbound;
         match inbound {
             Inbound::PairRequest(Err(r)) | Inbound::PhoneRequest { request: Err(r), .. } => {

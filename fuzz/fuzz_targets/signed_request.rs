@@ -23,4 +23,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(verify(Some(&SECRET), &msg, &made, req.ts, now, false), Ok(()));
     assert_eq!(verify(Some(&SECRET), &msg, &made, req.ts, now, true), Err(VerifyError::Replayed));
     assert_eq!(verify(None, &msg, &made, req.ts, now, false), Err(VerifyError::Unauthorized));
+    // What the reference phone encodes, the gateway parses back to the same request.
+    assert_eq!(parse_signed(phone_id, action, req.encode().as_bytes()).unwrap(), req);
 });

@@ -4,6 +4,11 @@
 //! the fix. It reads the config file and, in [`Config::check_files`], checks that the files the
 //! config names can be read; it opens no sockets and no database.
 
+mod locate;
+mod ops;
+
+pub use ops::{Bridges, History, Metrics};
+
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +23,19 @@ pub enum ConfigError {
     Read { file: String, reason: String },
     #[error("config {file}: key `{key}`: {problem}; fix: {fix}")]
     Key { file: String, key: String, problem: String, fix: String },
+}
+
+impl ConfigError {
+    /// Adds the line `key` is written on in `text` to the problem (for `validate`'s errors).
+    fn at_line_in(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Key { file, key, problem, fix } => {
+                let problem = locate::with_line(&problem, locate::line_of(text, &key));
+                ConfigError::Key { file, key, problem, fix }
+            }
+            e => e,
+        }
+    }
 }
 
 /// A duration written the human way in the config (`"5m"`, `"3s"`, `"12h"`).
@@ -53,6 +71,12 @@ pub struct Config {
     pub pairing: Pairing,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub history: History,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub bridges: Bridges,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -308,17 +332,14 @@ impl Config {
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let msg = inner.message().to_string();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
-                .unwrap_or_default();
-            describe_serde_error(&file, &key, &msg, &line)
+            let span_line = inner.span().map(|s| locate::line_at(text, s.start));
+            locate::describe_serde_error(&file, text, &key, inner.message(), span_line)
         })?;
         cfg.file = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         cfg.resolve_paths(&base);
-        cfg.validate()?;
+        // A value that parses but is wrong: named with the line it is on.
+        cfg.validate().map_err(|e| e.at_line_in(text))?;
         Ok(cfg)
     }
 
@@ -529,7 +550,7 @@ impl Config {
         if self.ring.debounce.0 >= self.ring.expiry.0 {
             return Err(self.err("ring.debounce", "must be shorter than ring.expiry", "use a few seconds: \"3s\""));
         }
-        Ok(())
+        self.validate_ops()
     }
 
     /// Where the pair button's code goes: `pairing.code_file`, or beside the database.
@@ -622,32 +643,20 @@ impl Config {
         if differs(&self.pairing, &new.pairing) {
             v.push("[pairing]");
         }
+        for (table, changed) in [
+            ("[history]", differs(&self.history, &new.history)),
+            ("[metrics]", differs(&self.metrics, &new.metrics)),
+            ("[bridges]", differs(&self.bridges, &new.bridges)),
+        ] {
+            if changed {
+                v.push(table);
+            }
+        }
         if self.apns.transport != new.apns.transport {
             v.push("apns.transport");
         }
         v
     }
-}
-
-fn describe_serde_error(file: &str, path: &str, msg: &str, line: &str) -> ConfigError {
-    let (key, problem, fix) = if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let field = rest.split('`').next().unwrap_or("");
-        let key = if path.is_empty() || path == "." { field.to_string() } else { format!("{path}.{field}") };
-        (
-            key,
-            format!("unknown key{line}"),
-            "remove it or fix its spelling; config.example.toml lists every key".to_string(),
-        )
-    } else if let Some(rest) = msg.strip_prefix("missing field `") {
-        let field = rest.split('`').next().unwrap_or("");
-        let key = if path.is_empty() || path == "." { field.to_string() } else { format!("{path}.{field}") };
-        (key, format!("missing{line}"), "add it; config.example.toml shows its form".to_string())
-    } else if msg.starts_with("unknown variant") {
-        (path.to_string(), format!("{msg}{line}"), "use one of the values listed".to_string())
-    } else {
-        (path.to_string(), format!("{msg}{line}"), "write it as config.example.toml shows".to_string())
-    };
-    ConfigError::Key { file: file.to_string(), key, problem: problem.replace('\n', " "), fix }
 }
 
 /// `(tls, host, port)` of an `mqtt://` or `mqtts://` URL.

@@ -6,10 +6,10 @@
 use crate::app::config::{Config, ConfigError};
 use crate::app::instance::{InstanceError, InstanceLock};
 use crate::app::settings;
-use crate::codec::bridge;
 use crate::codec::homeassistant as ha;
 use crate::net::mqtt::Subscription;
 use crate::service::intake::{HaSettings, Intake};
+use crate::service::metrics::{Live, Metrics};
 use crate::service::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
 use crate::service::pairing::{Pairing, Settings as PairingSettings};
 use crate::service::publisher::Publisher;
@@ -88,18 +88,21 @@ fn outbox_settings(cfg: &Config) -> OutboxSettings {
 }
 
 /// The topics the daemon listens to: its own button and pairing topics, the radio bridges'
-/// topics, and Home Assistant's birth message when discovery is on.
+/// topics (`[bridges]`), and Home Assistant's birth message when discovery is on.
 pub fn subscriptions(cfg: &Config) -> Vec<Subscription> {
     let p = &cfg.mqtt.topic_prefix;
     let mut subs = vec![
         Subscription::events(format!("{p}/button/+/press")),
         Subscription::events(format!("{p}/pair/request")),
+        Subscription::events(format!("{p}/pair/finish")),
         Subscription::events(format!("{p}/phone/+/+")),
         Subscription::events(format!("{p}/gateway/pair-button")),
     ];
-    subs.extend(bridge::BRIDGE_TOPICS.iter().map(|t| Subscription::events(*t)));
+    subs.extend(settings::routes(cfg).bridge_filters().into_iter().map(Subscription::events));
     if cfg.homeassistant.discovery {
         subs.push(Subscription::state(ha::status_topic(&cfg.homeassistant.discovery_prefix)));
+        // The retained configs: entities of doorbells removed while we were stopped go too.
+        subs.push(Subscription::state(ha::config_filter(&cfg.homeassistant.discovery_prefix)));
     }
     subs
 }
@@ -149,8 +152,30 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
         publisher_stop.clone(),
     );
 
-    let outbox = Outbox::new(store.clone(), transport, Some(publisher.clone()), outbox_settings(&cfg));
+    let metrics = Metrics::new();
+    let outbox = Outbox::new(store.clone(), transport, Some(publisher.clone()), outbox_settings(&cfg))
+        .with_metrics(metrics.clone());
     let stats = Arc::new(IntakeStats::default());
+    let certificate_expiry = Arc::new(AtomicI64::new(settings::certificate_expiry(&cfg).unwrap_or(0)));
+    metrics.watch(Live {
+        intake: stats.clone(),
+        publish: publisher.stats.clone(),
+        transport: {
+            let outbox = outbox.clone();
+            Arc::new(move || outbox.transport().gauges())
+        },
+        certificate_expiry: certificate_expiry.clone(),
+    });
+    // The metrics endpoint, when configured: listening before READY, so a port in use is a
+    // failed start, not a silent gap in the graphs.
+    if let Some(addr) = &cfg.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| DaemonError::Other(format!("metrics.listen = \"{addr}\": cannot listen: {e}")))?;
+        info!(listen = %addr, "serving Prometheus metrics on /metrics");
+        let m = metrics.clone();
+        tracker.spawn(crate::net::scrape::serve(listener, Arc::new(move || m.render()), &tracker, stop.clone()));
+    }
     let ringer = Arc::new(Ringer::new(store.clone(), cfg.ring.expiry.0, cfg.ring.debounce.0, stats.clone()));
     let heartbeat = Arc::new(AtomicI64::new(crate::domain::now_ms()));
 
@@ -164,6 +189,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     let pairing = Pairing::new(
         store.clone(),
         PairingSettings {
+            topic_prefix: cfg.mqtt.topic_prefix.clone(),
             bundle_id: cfg.apns.topic.clone(),
             button_user: cfg.pairing.button_user.clone(),
             code_file: cfg.pairing_code_file(),
@@ -172,6 +198,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     );
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
+        routes: settings::routes(&cfg),
         store: store.clone(),
         ha: cfg.homeassistant.discovery.then(|| HaSettings {
             discovery_prefix: cfg.homeassistant.discovery_prefix.clone(),
@@ -185,6 +212,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
         deliveries: deliveries.clone(),
         stop: stop.clone(),
         heartbeat: heartbeat.clone(),
+        metrics: Some(metrics.clone()),
     };
     if let Some((client, interval)) = feedback {
         tracker.spawn(crate::service::feedback::run_poller(client, store.clone(), interval, stop.clone()));
@@ -202,8 +230,12 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
         let _ = r.send(());
     }
     tracker.spawn(watchdog(heartbeat, stop.clone()));
+    // The ring history kept to [history] retention, in small steps.
+    tracker.spawn(crate::service::history::run(store.clone(), cfg.history.retention.0, stop.clone()));
+    // STATUS= for systemctl status: ready, counts, the last ring, or what is wrong.
+    tracker.spawn(crate::app::status::run(store.clone(), publisher.clone(), stop.clone()));
 
-    let live = Live { outbox: outbox.clone(), ringer };
+    let live = Running { outbox: outbox.clone(), ringer, certificate_expiry };
     loop {
         tokio::select! {
             // cancel-safe: only waits
@@ -254,12 +286,14 @@ async fn recv(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
 }
 
 /// The parts a reload changes.
-struct Live {
+struct Running {
     outbox: Outbox,
     ringer: Arc<Ringer>,
+    /// The push certificate's expiry the metrics show.
+    certificate_expiry: Arc<AtomicI64>,
 }
 
-impl Live {
+impl Running {
     /// Reads the configuration again and applies what can change while running: the push
     /// credentials (a rotated `.p8` or certificate), `[ring]`, `[log]`. A file that does not
     /// load, or whose credentials do not, is refused with one line and `old` stays.
@@ -289,6 +323,7 @@ impl Live {
         warn_readable_secrets(&new);
         self.outbox.replace(transport, outbox_settings(&new));
         self.outbox.prepare();
+        self.certificate_expiry.store(settings::certificate_expiry(&new).unwrap_or(0), Ordering::Relaxed);
         self.ringer.set_rules(RingRules { expiry: new.ring.expiry.0, debounce: new.ring.debounce.0 });
         let restart = old.restart_needed(&new);
         if !restart.is_empty() {

@@ -344,6 +344,15 @@ fn database(cfg: &Config, checks: &mut Vec<Check>, rings: &mut Vec<crate::store:
                 "{}: integrity ok, schema {version}/{latest}, {users} users, {doorbells} doorbells, {phones} phones",
                 path.display()
             );
+            if version > latest {
+                checks.push(Check::fail(
+                    "database",
+                    figure,
+                    "schema newer than this binary",
+                    "a newer dingdong wrote it: install that version again, or restore the backup taken before the upgrade (dingdong.db.v*.bak beside it)",
+                ));
+                return;
+            }
             if version < latest {
                 checks.push(Check::warn(
                     "database",

@@ -15,3 +15,4 @@ pub mod service_user;
 pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod status;

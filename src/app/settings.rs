@@ -39,6 +39,13 @@ pub fn client_identity(c: &CertificateAuth) -> Result<ClientIdentity, AuthError>
     }
 }
 
+/// When the push certificate of `[apns.certificate]` expires (UNIX seconds), for the metrics;
+/// `None` with token auth or a certificate that cannot be read (the transport says why).
+pub fn certificate_expiry(cfg: &Config) -> Option<i64> {
+    let identity = client_identity(cfg.apns.certificate.as_ref()?).ok()?;
+    Some(crate::net::apns::certinfo::parse(identity.chain.first()?).ok()?.not_after)
+}
+
 fn certificate(cfg: &Config) -> Result<ClientIdentity, SettingsError> {
     let c = cfg.apns.certificate.as_ref().ok_or(SettingsError::Missing {
         key: "apns.certificate",
@@ -148,6 +155,19 @@ pub fn mqtt(cfg: &Config, subscriptions: Vec<Subscription>) -> Result<MqttSettin
         request_capacity: 256,
         inbox_capacity: 256,
     })
+}
+
+/// Where presses arrive: the prefix of `[mqtt]` and the bridges' topics of `[bridges]` (an
+/// empty value turns that bridge off).
+pub fn routes(cfg: &Config) -> crate::codec::bridge::Routes {
+    let b = &cfg.bridges;
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    crate::codec::bridge::Routes {
+        prefix: cfg.mqtt.topic_prefix.clone(),
+        rtl_433: some(&b.rtl_433_events),
+        zigbee2mqtt: some(&b.zigbee2mqtt_base),
+        tasmota: b.tasmota_topics.iter().filter(|t| !t.is_empty()).cloned().collect(),
+    }
 }
 
 /// Settings for a short-lived tool client (`dingdong ring`, diag): its own client id, a clean

@@ -1,10 +1,13 @@
 //! Pure decoding of what arrives on the broker: dingdong's native button topic and the radio
-//! bridges' own JSON (rtl_433, Tasmota RF bridges, zigbee2mqtt). Bytes in, a typed event or a
-//! reason out; no I/O. Which key a bridge's button gets is decided here, once: bindings store
-//! exactly these keys (`dingdong doorbell bind ID --source KIND --key KEY`).
-//! The pairing topics are recognised here and parsed by `pairing::wire`.
+//! bridges' own JSON (rtl_433, Tasmota RF receivers, zigbee2mqtt), on the topics `[bridges]`
+//! names ([`Routes`]). Bytes in, a typed event or a reason out; no I/O. Which key a bridge's
+//! button gets is decided here, once: bindings store exactly these keys
+//! (`dingdong doorbell bind ID --source KIND --key KEY`).
+//! The pairing topics are recognised here and parsed by `pairing::pake::wire` (the exchange)
+//! and `pairing::wire` (signed requests, the pair button).
 
-use crate::codec::pairing::wire::{self, PairRequest, Refusal, SignedRequest};
+use crate::codec::pairing::pake::wire::{self as pake_wire, Finish, Request};
+use crate::codec::pairing::wire::{self, Refusal, SignedRequest};
 use crate::domain::{ButtonPress, Source};
 use serde::Deserialize;
 
@@ -15,8 +18,11 @@ pub const MAX_PAYLOAD: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Press(ButtonPress),
-    /// `P/pair/request`: the request, or its refusal (answered when it names a request id).
-    PairRequest(Result<PairRequest, Refusal>),
+    /// `P/pair/request`: the phone's first pairing message, or its refusal (answered when it
+    /// names a request id).
+    PairRequest(Result<Request, Refusal>),
+    /// `P/pair/finish`: the phone's proofs and sealed registration, or its refusal.
+    PairFinish(Result<Finish, Refusal>),
     /// `P/phone/<phone_id>/<action>`: a signed request (not yet verified), or its refusal.
     PhoneRequest {
         phone_id: i64,
@@ -45,18 +51,75 @@ struct NativePress {
 /// Earliest and latest believable press times (2001 to 2286): anything else is garbage.
 const AT_RANGE: std::ops::RangeInclusive<i64> = 1_000_000_000_000..=9_999_999_999_999;
 
-/// The bridges' topics the daemon subscribes to, besides its own `P/button/+/press`.
-pub const BRIDGE_TOPICS: &[&str] = &["rtl_433/+/events", "tele/+/RESULT", "zigbee2mqtt/+"];
+/// Where presses arrive: dingdong's own prefix and the topics each radio bridge publishes on
+/// (`[bridges]` in the config; [`Routes::new`] has the bridges' own defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routes {
+    /// `mqtt.topic_prefix`.
+    pub prefix: String,
+    /// rtl_433's events topic, as a subscription filter; `None`: not listened to.
+    pub rtl_433: Option<String>,
+    /// zigbee2mqtt's base topic; devices publish on `<base>/<friendly_name>`.
+    pub zigbee2mqtt: Option<String>,
+    /// Filters of the topics Tasmota publishes `RfReceived` on.
+    pub tasmota: Vec<String>,
+}
+
+impl Routes {
+    /// The bridges as their own defaults have them: rtl_433's `rtl_433/<host>/events`,
+    /// zigbee2mqtt's `zigbee2mqtt`, Tasmota's `tele/<topic>/RESULT` and, with `SetOption4 1`,
+    /// `tele/<topic>/RFRECEIVED`.
+    pub fn new(prefix: &str) -> Routes {
+        Routes {
+            prefix: prefix.to_string(),
+            rtl_433: Some("rtl_433/+/events".into()),
+            zigbee2mqtt: Some("zigbee2mqtt".into()),
+            tasmota: vec!["tele/+/RESULT".into(), "tele/+/RFRECEIVED".into()],
+        }
+    }
+
+    /// The bridges' subscription filters, besides dingdong's own topics.
+    pub fn bridge_filters(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.rtl_433.iter().cloned().collect();
+        v.extend(self.tasmota.iter().cloned());
+        v.extend(self.zigbee2mqtt.iter().map(|base| format!("{base}/+")));
+        v
+    }
+}
+
+/// Whether `topic` matches the subscription filter `filter` (MQTT's `+` and `#`).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
 
 /// Decodes a message; `Ok(None)` for topics and messages that are not button presses.
-pub fn decode(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
-    let press = match topic.split('/').collect::<Vec<_>>()[..] {
-        ["rtl_433", _, "events"] => decode_rtl433(bounded(payload)?)?,
-        ["tele", _, "RESULT"] => decode_tasmota(bounded(payload)?)?,
-        ["zigbee2mqtt", name] if name != "bridge" => decode_zigbee2mqtt(name, bounded(payload)?)?,
-        _ => return decode_own(prefix, topic, payload),
+pub fn decode(routes: &Routes, topic: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
+    let press = if routes.rtl_433.as_deref().is_some_and(|f| matches(f, topic)) {
+        decode_rtl433(bounded(payload)?)?
+    } else if routes.tasmota.iter().any(|f| matches(f, topic)) {
+        decode_tasmota(bounded(payload)?)?
+    } else if let Some(name) = zigbee2mqtt_device(routes, topic) {
+        decode_zigbee2mqtt(name, bounded(payload)?)?
+    } else {
+        return decode_own(&routes.prefix, topic, payload);
     };
     Ok(press.map(Inbound::Press))
+}
+
+/// The friendly name of a zigbee2mqtt device topic (`<base>/<name>`), not the bridge's own.
+fn zigbee2mqtt_device<'t>(routes: &Routes, topic: &'t str) -> Option<&'t str> {
+    let base = routes.zigbee2mqtt.as_deref()?;
+    let name = topic.strip_prefix(base)?.strip_prefix('/')?;
+    (!name.is_empty() && !name.contains('/') && name != "bridge").then_some(name)
 }
 
 fn bounded(payload: &[u8]) -> Result<&[u8], DecodeError> {
@@ -83,7 +146,8 @@ fn decode_own(prefix: &str, topic: &str, payload: &[u8]) -> Result<Option<Inboun
 
 fn decode_pairing(rest: &str, payload: &[u8]) -> Result<Option<Inbound>, DecodeError> {
     match rest {
-        "pair/request" => return Ok(Some(Inbound::PairRequest(wire::parse_pair_request(payload)))),
+        "pair/request" => return Ok(Some(Inbound::PairRequest(pake_wire::parse_request(payload)))),
+        "pair/finish" => return Ok(Some(Inbound::PairFinish(pake_wire::parse_finish(payload)))),
         "gateway/pair-button" => return Ok(Some(Inbound::PairButton(wire::parse_pair_button(payload)))),
         _ => {}
     }
@@ -138,15 +202,22 @@ fn check_key(key: String) -> Result<String, DecodeError> {
 
 /// An rtl_433 event (`-F mqtt://...,events=rtl_433/<gw>/events` or `-F json`): the key is
 /// `model/id`, then `/channel` and `/cmd` (or `/code`, `/button`) when the decoder reports
-/// them, so the buttons of one multi-button remote are told apart. `time` is used as the
-/// press time when it is UNIX time (`report_meta time:unix:usec:utc`, see hardware/).
-/// Events without `model` and `id` (sensors' status lines) are not presses.
+/// them, so the buttons of one multi-button remote are told apart. A flex decoder
+/// (`-X "n=NAME,..."`) reports no `id`, only the bits it received: its key is
+/// `NAME/{BITS}HEX`, the row it received most often, as rtl_433 writes it in `codes`
+/// (`doorbell/{25}fb2dd58`). `time` is used as the press time when it is UNIX time
+/// (`report_meta time:unix:usec:utc`, see hardware/). Events without `model`, or without
+/// `id` and bits (sensors' status lines, `countonly` flex output), are not presses.
 fn decode_rtl433(payload: &[u8]) -> Result<Option<ButtonPress>, DecodeError> {
     let v = json(payload)?;
-    let (Some(model), Some(id)) = (v.get("model").and_then(scalar), v.get("id").and_then(scalar)) else {
+    let Some(model) = v.get("model").and_then(scalar) else {
         return Ok(None);
     };
-    let mut key = format!("{model}/{id}");
+    let mut key = match (v.get("id").and_then(scalar), flex_code(&v)) {
+        (Some(id), _) => format!("{model}/{id}"),
+        (None, Some(code)) => format!("{model}/{code}"),
+        (None, None) => return Ok(None),
+    };
     for field in ["channel", "cmd", "code", "button"] {
         if let Some(x) = v.get(field).and_then(scalar) {
             key.push('/');
@@ -162,9 +233,32 @@ fn decode_rtl433(payload: &[u8]) -> Result<Option<ButtonPress>, DecodeError> {
     Ok(Some(ButtonPress { source: Source::Rtl433, key: check_key(key)?, at }))
 }
 
-/// A Tasmota RF bridge (`tele/<topic>/RESULT`, `{"RfReceived":{"Data":"E5CD7E",...}}`): the
-/// key is the code alone, so two bridges hearing one button make one binding. Other RESULT
-/// messages (relay states, IR, RfRaw) are not presses.
+/// The bits of a flex decoder's event, `{BITS}HEX`: the code that repeats most among `codes`
+/// (the first on a tie; a press sends its code several times, a broken row once), or the one
+/// row of a `unique` decoder (`len` and `data`).
+fn flex_code(v: &serde_json::Value) -> Option<String> {
+    if let Some(codes) = v.get("codes").and_then(|c| c.as_array()) {
+        let codes: Vec<&str> = codes.iter().filter_map(|c| c.as_str()).filter(|c| !c.starts_with("{0}")).collect();
+        let count = |c: &str| codes.iter().filter(|&&x| x == c).count();
+        return codes
+            .iter()
+            .copied()
+            .fold(None::<&str>, |best, c| match best {
+                Some(b) if count(b) >= count(c) => Some(b),
+                _ => Some(c),
+            })
+            .map(str::to_string);
+    }
+    let (len, data) = (v.get("len")?.as_u64()?, v.get("data")?.as_str()?);
+    (len > 0 && !data.is_empty()).then(|| format!("{{{len}}}{data}"))
+}
+
+/// A Tasmota RF receiver: the Sonoff RF Bridge (`{"Time":...,"RfReceived":{"Sync":...,
+/// "Low":...,"High":...,"Data":"E5CD7E","RfKey":"None"}}`) or an rc-switch receiver
+/// (`{"RfReceived":{"Data":"0x7028D2","Bits":24,"Protocol":1,"Pulse":238}}`), on
+/// `tele/<topic>/RESULT`, or `tele/<topic>/RFRECEIVED` with `SetOption4 1`. The key is `Data`
+/// as Tasmota writes it (a decimal number with `SetOption28 1`), so two bridges hearing one
+/// button make one binding. Other messages (relay states, IR, RfRaw) are not presses.
 fn decode_tasmota(payload: &[u8]) -> Result<Option<ButtonPress>, DecodeError> {
     let v = json(payload)?;
     let Some(data) = v.get("RfReceived").and_then(|r| r.get("Data")).and_then(scalar) else {
@@ -203,7 +297,7 @@ mod tests {
 
     #[test]
     fn native_presses() {
-        let press = |payload: &str| decode(P, "dingdong/gw/button/front/press", payload.as_bytes());
+        let press = |payload: &str| decode(&Routes::new(P), "dingdong/gw/button/front/press", payload.as_bytes());
         assert_eq!(
             press("").unwrap(),
             Some(Inbound::Press(ButtonPress { source: Source::Native, key: "front".into(), at: None }))
@@ -215,13 +309,13 @@ mod tests {
         assert!(press(r#"{"at": 5}"#).is_err());
         assert!(press(r#"{"at": 1700000000000, "extra": 1}"#).is_err());
         assert!(press(&"x".repeat(MAX_PAYLOAD + 1)).is_err());
-        assert!(decode(P, "dingdong/gw/button/a+b/press", b"").is_err());
-        assert_eq!(decode(P, "other/button/front/press", b"").unwrap(), None);
-        assert_eq!(decode(P, "dingdong/gw/status", b"").unwrap(), None);
+        assert!(decode(&Routes::new(P), "dingdong/gw/button/a+b/press", b"").is_err());
+        assert_eq!(decode(&Routes::new(P), "other/button/front/press", b"").unwrap(), None);
+        assert_eq!(decode(&Routes::new(P), "dingdong/gw/status", b"").unwrap(), None);
     }
 
     fn key(topic: &str, payload: &str) -> Option<ButtonPress> {
-        match decode(P, topic, payload.as_bytes()).unwrap() {
+        match decode(&Routes::new(P), topic, payload.as_bytes()).unwrap() {
             Some(Inbound::Press(p)) => Some(p),
             Some(other) => panic!("not a press: {other:?}"),
             None => None,
@@ -252,22 +346,93 @@ mod tests {
         // not presses: no model/id; the topic must be rtl_433/<one level>/events
         assert_eq!(key("rtl_433/gw/events", r#"{"time":"x","freq":433.92}"#), None);
         assert_eq!(key("rtl_433/gw/a/events", r#"{"model":"Quhwa","id":1}"#), None);
-        assert!(decode(P, "rtl_433/gw/events", b"{").is_err());
+        assert!(decode(&Routes::new(P), "rtl_433/gw/events", b"{").is_err());
+    }
+
+    /// rtl_433's flex decoder reports no id, only the bits it received (flex.c: `model` is
+    /// the spec's name, then `count`, `num_rows`, `rows` and `codes`; with `unique`, `len`
+    /// and `data`): the key is the name and the code received most often.
+    #[test]
+    fn rtl_433_flex_decoder_events() {
+        // rtl_433 -X "n=doorbell,m=OOK_PWM,s=400,l=800,r=7000,g=1000,repeats>=3"
+        let flex = r#"{"time":"2026-11-23 11:14:14","model":"doorbell","count":4,"num_rows":5,"rows":[{"len":25,"data":"fb2dd58"},{"len":25,"data":"fb2dd58"},{"len":25,"data":"fb2dd58"},{"len":25,"data":"fb2dd58"},{"len":12,"data":"fb2"}],"codes":["{25}fb2dd58","{25}fb2dd58","{25}fb2dd58","{25}fb2dd58","{12}fb2"]}"#;
+        let p = key("rtl_433/gw/events", flex).unwrap();
+        assert_eq!((p.source, p.key.as_str()), (Source::Rtl433, "doorbell/{25}fb2dd58"));
+        // The broken row first does not win.
+        let first_broken =
+            r#"{"model":"doorbell","count":2,"num_rows":3,"codes":["{3}e","{25}fb2dd58","{25}fb2dd58"]}"#;
+        assert_eq!(key("rtl_433/gw/events", first_broken).unwrap().key, "doorbell/{25}fb2dd58");
+        // `unique`: one row, as len and data.
+        let unique =
+            r#"{"time":"2026-11-23 11:14:14","model":"doorbell","count":4,"num_rows":5,"len":25,"data":"fb2dd58"}"#;
+        assert_eq!(key("rtl_433/gw/events", unique).unwrap().key, "doorbell/{25}fb2dd58");
+        // A `unique` flex decoder with an id getter (get=@0:{16}:id) puts the id beside the
+        // row: keyed as any other decoder. Without `unique` the getter's id is in each row,
+        // and the code keys it.
+        let getter = r#"{"model":"doorbell","count":3,"num_rows":3,"len":25,"data":"fb2dd58","id":64301}"#;
+        assert_eq!(key("rtl_433/gw/events", getter).unwrap().key, "doorbell/64301");
+        let in_rows = r#"{"model":"doorbell","count":3,"num_rows":1,"rows":[{"len":25,"data":"fb2dd58","id":64301}],"codes":["{25}fb2dd58"]}"#;
+        assert_eq!(key("rtl_433/gw/events", in_rows).unwrap().key, "doorbell/{25}fb2dd58");
+        // `countonly` reports no bits: not a press.
+        assert_eq!(key("rtl_433/gw/events", r#"{"model":"doorbell","count":4}"#), None);
     }
 
     #[test]
     fn tasmota_rf_bridge() {
-        // Tasmota docs, RF bridge: tele/<topic>/RESULT
-        let p = key(
-            "tele/rfbridge/RESULT",
-            r#"{"RfReceived":{"Sync":12220,"Low":440,"High":1210,"Data":"E5CD7E","RfKey":"None"}}"#,
-        )
-        .unwrap();
+        // xdrv_06_snfbridge: the Sonoff RF Bridge's RfReceived, with the Time every
+        // telemetry message starts with, on tele/<topic>/RESULT (default FullTopic).
+        let bridge = r#"{"Time":"2026-11-23T11:14:14","RfReceived":{"Sync":12220,"Low":440,"High":1210,"Data":"E5CD7E","RfKey":"None"}}"#;
+        let p = key("tele/rfbridge/RESULT", bridge).unwrap();
         assert_eq!((p.source, p.key.as_str()), (Source::Tasmota, "E5CD7E"));
+        // SetOption4 1: the same message on its own topic, tele/<topic>/RFRECEIVED.
+        assert_eq!(key("tele/rfbridge/RFRECEIVED", bridge).unwrap().key, "E5CD7E");
+        // SetOption28 1: the code as a decimal number; a learnt key numbered.
+        let decimal = r#"{"Time":"2026-11-23T11:14:15","RfReceived":{"Sync":12220,"Low":440,"High":1210,"Data":15060350,"RfKey":3}}"#;
+        assert_eq!(key("tele/rfbridge/RESULT", decimal).unwrap().key, "15060350");
+        // xdrv_17_rcswitch: an rc-switch receiver writes its code with 0x.
+        let rc =
+            r#"{"Time":"2026-11-23T11:14:16","RfReceived":{"Data":"0x7028D2","Bits":24,"Protocol":1,"Pulse":238}}"#;
+        assert_eq!(key("tele/garage/RESULT", rc).unwrap().key, "0x7028D2");
         assert_eq!(key("tele/rfbridge/RESULT", r#"{"POWER":"ON"}"#), None);
-        assert_eq!(key("tele/rfbridge/RESULT", r#"{"RfRaw":{"Data":"AA B1"}}"#), None);
+        assert_eq!(key("tele/rfbridge/RESULT", r#"{"Time":"x","RfRaw":{"Data":"AA B1 04 0302 00DC 1F54 55"}}"#), None);
         assert_eq!(key("tele/rfbridge/STATE", r#"{"RfReceived":{"Data":"E5CD7E"}}"#), None);
-        assert!(decode(P, "tele/rfbridge/RESULT", b"not json").is_err());
+        assert!(decode(&Routes::new(P), "tele/rfbridge/RESULT", b"not json").is_err());
+    }
+
+    /// The bridges' topics come from `[bridges]`: another FullTopic, rtl_433 events topic or
+    /// zigbee2mqtt base_topic moves them, and a bridge left empty is not listened to.
+    #[test]
+    fn routes_follow_the_bridges_configuration() {
+        let custom = Routes {
+            prefix: P.into(),
+            rtl_433: Some("sdr/433/events".into()),
+            zigbee2mqtt: Some("home/z2m".into()),
+            tasmota: vec!["+/tele/RESULT".into()],
+        };
+        let press = |topic: &str, payload: &str| match decode(&custom, topic, payload.as_bytes()).unwrap() {
+            Some(Inbound::Press(p)) => Some((p.source, p.key)),
+            _ => None,
+        };
+        let rf = r#"{"Time":"2026-11-23T11:14:14","RfReceived":{"Data":"E5CD7E"}}"#;
+        assert_eq!(press("rfbridge/tele/RESULT", rf), Some((Source::Tasmota, "E5CD7E".into())));
+        assert_eq!(press("tele/rfbridge/RESULT", rf), None, "the default shape is not listened to now");
+        let quhwa = r#"{"model":"Quhwa","id":5860}"#;
+        assert_eq!(press("sdr/433/events", quhwa), Some((Source::Rtl433, "Quhwa/5860".into())));
+        assert_eq!(press("rtl_433/gw/events", quhwa), None);
+        let single = r#"{"action":"single","linkquality":120}"#;
+        assert_eq!(press("home/z2m/front", single), Some((Source::Zigbee2mqtt, "front/single".into())));
+        assert_eq!(press("home/z2m/bridge", single), None);
+        assert_eq!(press("zigbee2mqtt/front", single), None);
+        let mut off = Routes::new(P);
+        off.rtl_433 = None;
+        assert_eq!(decode(&off, "rtl_433/gw/events", quhwa.as_bytes()).unwrap(), None);
+        assert_eq!(custom.bridge_filters(), ["sdr/433/events", "+/tele/RESULT", "home/z2m/+"]);
+        assert_eq!(
+            Routes::new(P).bridge_filters(),
+            ["rtl_433/+/events", "tele/+/RESULT", "tele/+/RFRECEIVED", "zigbee2mqtt/+"]
+        );
+        assert!(matches("a/+/c", "a/b/c") && matches("a/#", "a/b/c") && matches("a/#", "a"));
+        assert!(!matches("a/+/c", "a/b/c/d") && !matches("a/+", "a") && !matches("a/b", "a/c"));
     }
 
     #[test]
@@ -289,28 +454,36 @@ mod tests {
 
     #[test]
     fn pairing_topics() {
-        let pair = decode(P, "dingdong/gw/pair/request", b"{").unwrap();
+        let pair = decode(&Routes::new(P), "dingdong/gw/pair/request", b"{").unwrap();
         assert!(matches!(pair, Some(Inbound::PairRequest(Err(Refusal { request_id: None, .. })))));
         let big = vec![b' '; MAX_PAYLOAD + 1];
-        assert!(matches!(decode(P, "dingdong/gw/pair/request", &big).unwrap(), Some(Inbound::PairRequest(Err(_)))));
-        let phone = decode(P, "dingdong/gw/phone/12/unpair", &big).unwrap();
+        assert!(matches!(
+            decode(&Routes::new(P), "dingdong/gw/pair/request", &big).unwrap(),
+            Some(Inbound::PairRequest(Err(_)))
+        ));
+        let finish = decode(&Routes::new(P), "dingdong/gw/pair/finish", br#"{"request_id":"r1","proofs":[]}"#).unwrap();
+        assert!(matches!(finish, Some(Inbound::PairFinish(Err(Refusal { request_id: Some(_), .. })))));
+        let phone = decode(&Routes::new(P), "dingdong/gw/phone/12/unpair", &big).unwrap();
         assert!(
             matches!(phone, Some(Inbound::PhoneRequest { phone_id: 12, request: Err(_) })),
             "oversized is answered"
         );
-        assert!(decode(P, "dingdong/gw/phone/x/unpair", b"{}").is_err());
-        assert!(decode(P, "dingdong/gw/phone/0/unpair", b"{}").is_err());
-        assert!(decode(P, "dingdong/gw/phone/7", b"{}").is_err());
-        assert_eq!(decode(P, "dingdong/gw/gateway/pair-button", b"").unwrap(), Some(Inbound::PairButton(Ok(()))));
-        assert_eq!(decode(P, "dingdong/gw/pair/response/r1", b"{}").unwrap(), None);
-        assert!(decode(P, "other/x", &big).is_err());
+        assert!(decode(&Routes::new(P), "dingdong/gw/phone/x/unpair", b"{}").is_err());
+        assert!(decode(&Routes::new(P), "dingdong/gw/phone/0/unpair", b"{}").is_err());
+        assert!(decode(&Routes::new(P), "dingdong/gw/phone/7", b"{}").is_err());
+        assert_eq!(
+            decode(&Routes::new(P), "dingdong/gw/gateway/pair-button", b"").unwrap(),
+            Some(Inbound::PairButton(Ok(())))
+        );
+        assert_eq!(decode(&Routes::new(P), "dingdong/gw/pair/response/r1", b"{}").unwrap(), None);
+        assert!(decode(&Routes::new(P), "other/x", &big).is_err());
     }
 
     #[test]
     fn never_panics_on_junk() {
         for junk in [&b"\xff\xfe"[..], b"null", b"[]", b"{\"at\":null}", b"  ", b"\0", b"{\"model\":[1],\"id\":{}}"] {
             for topic in ["dingdong/gw/button/x/press", "rtl_433/a/events", "tele/a/RESULT", "zigbee2mqtt/a"] {
-                let _ = decode(P, topic, junk);
+                let _ = decode(&Routes::new(P), topic, junk);
             }
         }
     }

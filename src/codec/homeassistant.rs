@@ -1,7 +1,9 @@
 //! Home Assistant MQTT discovery: what to publish so each doorbell shows up as an `event`
 //! entity (`device_class: doorbell`, event type `ring`) whose availability follows dingdong's
-//! own `P/status`. Pure: topics and payloads out; the daemon publishes them at start, when
-//! Home Assistant's birth message (`<prefix>/status` = `online`) arrives, and at each ring.
+//! own `P/status`, and what removes it again (an empty retained config). Pure: topics and
+//! payloads out; the intake publishes them at start, when Home Assistant's birth message
+//! (`<prefix>/status` = `online`) arrives, when doorbells are added, renamed or removed, and
+//! at each ring.
 
 use serde_json::json;
 
@@ -20,18 +22,67 @@ pub fn event_topic(prefix: &str, doorbell: &str) -> String {
     format!("{prefix}/doorbell/{doorbell}/event")
 }
 
-/// Object ids allow `[a-zA-Z0-9_-]`; ours also have `.`.
+/// The discovery topic's object id: `[a-zA-Z0-9_-]`; ours also have `.`.
 fn object_id(gateway: &str, doorbell: &str) -> String {
     format!("{gateway}_{doorbell}").replace('.', "_")
 }
 
-/// `(topic, retained payload)` announcing `doorbell` as an event entity.
+/// An entity id's object part as Home Assistant accepts it: lower case letters, digits and
+/// single `_` inside (our ids may also have `-`, `.` and capitals).
+fn slug(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// Where `doorbell`'s discovery config is published (retained).
+pub fn config_topic(discovery_prefix: &str, gateway: &str, doorbell: &str) -> String {
+    format!("{discovery_prefix}/event/{}/config", object_id(gateway, doorbell))
+}
+
+/// The filter that sees every event entity's config, ours among them: subscribed to so that
+/// the entity of a doorbell removed while dingdong was stopped is removed too.
+pub fn config_filter(discovery_prefix: &str) -> String {
+    format!("{discovery_prefix}/event/+/config")
+}
+
+/// Whether `topic` is an event entity's config topic under `discovery_prefix`.
+pub fn is_config_topic(discovery_prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(discovery_prefix)
+        .and_then(|r| r.strip_prefix("/event/"))
+        .and_then(|r| r.strip_suffix("/config"))
+        .is_some_and(|oid| !oid.is_empty() && !oid.contains('/'))
+}
+
+/// Whether a retained discovery config is one this gateway published (its device).
+pub fn is_ours(gateway: &str, payload: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return false };
+    let ours = format!("dingdong_{gateway}");
+    v["device"]["identifiers"].as_array().is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(ours.as_str())))
+}
+
+/// `(topic, retained payload)` removing `doorbell`'s entity: an empty retained config.
+pub fn removal(discovery_prefix: &str, gateway: &str, doorbell: &str) -> (String, String) {
+    (config_topic(discovery_prefix, gateway, doorbell), String::new())
+}
+
+/// `(topic, retained payload)` announcing `doorbell` as an event entity. Its entity id is
+/// suggested with `default_entity_id` (`event.<gateway>_<doorbell>`; Home Assistant 2025.10
+/// deprecated `object_id` for it, and stops reading `object_id` in 2026.4).
 pub fn discovery(discovery_prefix: &str, prefix: &str, gateway: &str, doorbell: &str, name: &str) -> (String, String) {
     let oid = object_id(gateway, doorbell);
     let config = json!({
         "name": name,
         "unique_id": format!("dingdong_{oid}"),
-        "object_id": oid,
+        "default_entity_id": format!("event.{}", slug(&oid)),
         "device_class": "doorbell",
         "event_types": ["ring"],
         "state_topic": event_topic(prefix, doorbell),
@@ -51,7 +102,7 @@ pub fn discovery(discovery_prefix: &str, prefix: &str, gateway: &str, doorbell: 
         },
         "origin": { "name": "dingdong", "sw_version": env!("CARGO_PKG_VERSION") },
     });
-    (format!("{discovery_prefix}/event/{oid}/config"), config.to_string())
+    (config_topic(discovery_prefix, gateway, doorbell), config.to_string())
 }
 
 /// The event a ring publishes on the entity's state topic.
@@ -73,8 +124,22 @@ mod tests {
         assert_eq!(v["state_topic"], "dingdong/gw-1/doorbell/front.door/event");
         assert_eq!(v["availability"][0]["topic"], "dingdong/gw-1/status");
         assert_eq!(v["name"], "Front door");
+        assert_eq!(v["default_entity_id"], "event.gw_1_front_door");
+        assert!(v.get("object_id").is_none(), "deprecated by Home Assistant");
+        assert!(is_ours("gw-1", payload.as_bytes()) && !is_ours("gw-2", payload.as_bytes()) && !is_ours("gw-1", b""));
         let e: serde_json::Value = serde_json::from_str(&ring_event("r1", "front", 5)).unwrap();
         assert_eq!(e["event_type"], "ring");
         assert!(is_online(b"online\n") && !is_online(b"offline"));
+    }
+
+    #[test]
+    fn removal_and_config_topics() {
+        let (topic, payload) = removal("homeassistant", "gw-1", "front.door");
+        assert_eq!((topic.as_str(), payload.as_str()), ("homeassistant/event/gw-1_front_door/config", ""));
+        assert!(is_config_topic("homeassistant", &topic));
+        assert!(!is_config_topic("homeassistant", "homeassistant/sensor/x/config"));
+        assert!(!is_config_topic("homeassistant", "homeassistant/event/a/b/config"));
+        assert_eq!(config_filter("ha"), "ha/event/+/config");
+        assert_eq!(slug("GW-0001_Front.Door--2"), "gw_0001_front_door_2");
     }
 }

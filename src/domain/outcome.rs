@@ -3,6 +3,7 @@
 //! carries ([`Outcome`]). Transports turn their answers into these; `outbox` and `store` never
 //! care which transport ran.
 
+use super::state::PhoneState;
 use super::token::{Environment, Token};
 use bytes::Bytes;
 use std::fmt;
@@ -190,13 +191,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The state name stored per phone and published in the ring outcome.
-    pub fn state(&self) -> &'static str {
+    /// The state stored per phone and published in the ring outcome.
+    pub fn state(&self) -> PhoneState {
         match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "pending",
-            Outcome::Prune { .. } => "pruned",
-            Outcome::Failed { .. } => "failed",
+            Outcome::Delivered => PhoneState::Delivered,
+            Outcome::Retry { .. } => PhoneState::Pending,
+            Outcome::Prune { .. } => PhoneState::Pruned,
+            Outcome::Failed { .. } => PhoneState::Failed,
         }
     }
 

@@ -4,4 +4,5 @@
 pub mod apns;
 pub mod mqtt;
 pub mod quickack;
+pub mod scrape;
 pub mod tls;

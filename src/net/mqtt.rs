@@ -719,3 +719,84 @@ pub async fn round_trip(
         .await
         .map_err(|_| fail(format!("no round trip within {}s", timeout.as_secs())))?
 }
+
+/// A short-lived client for a tool that converses with the daemon (the reference phone):
+/// connect (3.1.1, clean session, no will), subscribe, then publish requests and read the
+/// replies. One task does everything: publishes are queued with `try_publish` and sent while
+/// [`Conversation::next`] polls the event loop, so the client is never awaited.
+pub struct Conversation {
+    client: rumqttc::AsyncClient,
+    eventloop: rumqttc::EventLoop,
+    broker: String,
+}
+
+impl Conversation {
+    /// Connects and subscribes to `filters` (QoS 1); returns once the broker acknowledged the
+    /// subscriptions, so a reply to what is published next cannot be missed.
+    pub async fn open(settings: MqttSettings, filters: &[String], timeout: Duration) -> Result<Self, MqttError> {
+        let broker = settings.broker();
+        let fail = |reason: String| MqttError::Broker { broker: broker.clone(), reason };
+        let mut opts = settings.v4_options(None);
+        opts.set_clean_session(true);
+        opts.set_manual_acks(false);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+        no_delay(&mut eventloop);
+        let subscribed = async {
+            loop {
+                match eventloop.poll().await.map_err(|e| fail(e.to_string()))? {
+                    rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => {
+                        let filters =
+                            filters.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        client.try_subscribe_many(filters).map_err(|e| fail(e.to_string()))?;
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => return Ok::<(), MqttError>(()),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, subscribed)
+            .await
+            .map_err(|_| fail(format!("no connection within {}s", timeout.as_secs())))??;
+        Ok(Conversation { client, eventloop, broker })
+    }
+
+    /// Queues a QoS 1 message; it goes out while [`Conversation::next`] polls.
+    pub fn publish(&self, topic: String, payload: impl Into<Vec<u8>>) -> Result<(), MqttError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .map_err(|e| MqttError::Broker { broker: self.broker.clone(), reason: e.to_string() })
+    }
+
+    /// The next message on a subscribed topic, within `timeout` (`None` when none came).
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<(String, Bytes)>, MqttError> {
+        let broker = self.broker.clone();
+        let eventloop = &mut self.eventloop;
+        let next = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => return Ok((p.topic, p.payload)),
+                    Ok(_) => {}
+                    Err(e) => return Err(MqttError::Broker { broker: broker.clone(), reason: e.to_string() }),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, next).await {
+            Ok(got) => got.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends what is still queued and disconnects (within a second or two).
+    pub async fn close(mut self) {
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -18,7 +18,6 @@ use crate::service::pairing::Pairing;
 use crate::service::publisher::Publisher;
 use crate::service::ringer::{PressResult, Ringer};
 use crate::store::presses::NewPress;
-use crate::store::rings::RingJob;
 use crate::store::{StoreError, StoreHandle};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -28,6 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+mod homeassistant;
 
 /// First and longest wait before trying a kept press again.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -58,6 +59,8 @@ struct Kept {
 /// The intake task's state.
 pub struct Intake {
     pub prefix: String,
+    /// Where presses arrive: our prefix and the bridges' topics.
+    pub routes: bridge::Routes,
     pub store: StoreHandle,
     pub ha: Option<HaSettings>,
     pub pairing: Pairing,
@@ -69,6 +72,8 @@ pub struct Intake {
     pub stop: CancellationToken,
     /// Stamped every tick while the loop is alive: the watchdog reads it.
     pub heartbeat: Arc<AtomicI64>,
+    /// Where presses are counted by bridge (the daemon's metrics).
+    pub metrics: Option<Arc<crate::service::metrics::Metrics>>,
 }
 
 /// What the loop keeps between messages.
@@ -77,8 +82,8 @@ struct Memory {
     kept: VecDeque<Kept>,
     retry_wait: Duration,
     next_retry: Option<tokio::time::Instant>,
-    /// Doorbells announced to Home Assistant since start.
-    announced: HashSet<String>,
+    /// What Home Assistant was told about the doorbells.
+    ha: homeassistant::Announced,
     logged: HashSet<String>,
     transport_reported: Option<String>,
 }
@@ -86,7 +91,7 @@ struct Memory {
 impl Intake {
     pub async fn run(self, mut inbox: mpsc::Receiver<Incoming>) {
         let mut mem = Memory { retry_wait: RETRY_MIN, ..Default::default() };
-        self.announce_all(&mut mem).await;
+        self.sync_doorbells(&mut mem, true).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut got = Vec::with_capacity(BATCH);
         loop {
@@ -113,6 +118,8 @@ impl Intake {
                 _ = tick.tick() => {
                     self.heartbeat.store(crate::domain::now_ms(), Ordering::Relaxed);
                     self.report_transport(&mut mem);
+                    // Doorbells added, renamed or removed (by the CLI, another process).
+                    self.sync_doorbells(&mut mem, false).await;
                 }
             }
         }
@@ -137,16 +144,20 @@ impl Intake {
             self.publisher.ack(m.ack);
             return None;
         }
+        if self.ha.as_ref().is_some_and(|h| ha::is_config_topic(&h.discovery_prefix, &m.topic)) {
+            self.on_discovery_config(&m.topic, &m.payload, mem);
+            self.publisher.ack(m.ack);
+            return None;
+        }
         if self.ha.as_ref().is_some_and(|h| h.status_topic == m.topic) {
             if ha::is_online(&m.payload) {
                 info!("Home Assistant is online: publishing discovery");
-                mem.announced.clear();
-                self.announce_all(mem).await;
+                self.sync_doorbells(mem, true).await;
             }
             self.publisher.ack(m.ack);
             return None;
         }
-        let press = match bridge::decode(&self.prefix, &m.topic, &m.payload) {
+        let press = match bridge::decode(&self.routes, &m.topic, &m.payload) {
             Ok(Some(Inbound::Press(p))) => p,
             Ok(Some(pairing)) => {
                 self.on_pairing(pairing, m).await;
@@ -175,6 +186,9 @@ impl Intake {
             return None;
         }
         self.ringer.stats.presses.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.press(press.source);
+        }
         Some(Kept { press, topic: m.topic, received_at, received_us, ack: m.ack })
     }
 
@@ -286,6 +300,7 @@ impl Intake {
         }
         let reply = match msg {
             Inbound::PairRequest(r) => self.pairing.pair_request(r).await,
+            Inbound::PairFinish(r) => self.pairing.pair_finish(r).await,
             Inbound::PhoneRequest { phone_id, request } => self.pairing.phone_request(phone_id, request).await,
             Inbound::PairButton(r) => {
                 self.pairing.pair_button(r).await;
@@ -307,41 +322,6 @@ impl Intake {
             self.publisher.set_status(|s| s.transport = now.clone());
             mem.transport_reported = now;
         }
-    }
-
-    /// Publishes the discovery config of every doorbell (retained).
-    async fn announce_all(&self, mem: &mut Memory) {
-        if self.ha.is_none() {
-            return;
-        }
-        match self.store.run(|s| s.list_doorbells()).await {
-            Ok(bells) => {
-                for d in &bells {
-                    self.announce(&d.id, &d.name, mem);
-                }
-                debug!(doorbells = bells.len(), "Home Assistant discovery published");
-            }
-            Err(e) => warn!(error = %e, "cannot list doorbells for Home Assistant discovery"),
-        }
-    }
-
-    fn announce(&self, id: &str, name: &str, mem: &mut Memory) {
-        let Some(h) = &self.ha else { return };
-        let (topic, payload) = ha::discovery(&h.discovery_prefix, &self.prefix, &h.gateway, id, name);
-        self.publisher.state(topic, payload);
-        mem.announced.insert(id.to_string());
-    }
-
-    /// Publishes the ring event on the doorbell's entity, announcing the entity first if new.
-    fn ring_event(&self, job: &RingJob, mem: &mut Memory) {
-        if self.ha.is_none() {
-            return;
-        }
-        if !mem.announced.contains(&job.doorbell_id) {
-            self.announce(&job.doorbell_id, &job.doorbell_name, mem);
-        }
-        let payload = ha::ring_event(&job.ring_id, &job.doorbell_id, job.pressed_at);
-        self.publisher.event(ha::event_topic(&self.prefix, &job.doorbell_id), payload);
     }
 }
 

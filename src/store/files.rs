@@ -53,7 +53,7 @@ fn private(path: &Path) {
 }
 
 /// As root, hands `path` to the owner of its directory if that is another user.
-fn adopt(path: &Path) -> std::io::Result<()> {
+pub(crate) fn adopt(path: &Path) -> std::io::Result<()> {
     if !running_as_root() {
         return Ok(());
     }

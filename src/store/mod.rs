@@ -4,16 +4,19 @@
 //! holds it across an `.await`. This module knows nothing of MQTT or APNs beyond the shared
 //! outcome vocabulary.
 
+pub mod backup;
 pub mod feedback;
 pub mod fieldkit;
 pub mod files;
 pub mod handle;
+pub mod history;
 pub mod import;
 pub mod pairing;
 pub mod presses;
 pub mod recipients;
 pub mod rings;
 pub mod schema;
+pub mod states;
 
 pub use handle::StoreHandle;
 
@@ -26,12 +29,14 @@ use std::path::Path;
 pub enum StoreError {
     #[error("cannot open database {path}: {reason}")]
     Open { path: String, reason: String },
-    #[error("no {kind} '{id}'")]
+    #[error("no {kind} '{}'", crate::domain::printable(id))]
     NotFound { kind: &'static str, id: String },
-    #[error("{kind} '{id}' already exists")]
+    #[error("{kind} '{}' already exists", crate::domain::printable(id))]
     Exists { kind: &'static str, id: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0} pairing windows are open already (the most at once); wait until one is used or expires")]
+    WindowsFull(usize),
     #[error("invalid token: {0}")]
     Token(#[from] TokenError),
     #[error("database error: {0}")]
@@ -68,6 +73,9 @@ pub struct DoorbellRow {
 pub struct PhoneRow {
     pub id: i64,
     pub user: String,
+    /// `apns`, `fcm` or `webpush`.
+    pub platform: String,
+    /// The APNs or FCM token, or a Web Push endpoint.
     pub token: String,
     pub environment: String,
     pub topic: Option<String>,
@@ -81,6 +89,12 @@ pub struct PhoneRow {
 pub enum Upsert {
     Added(i64),
     Updated(i64),
+}
+
+/// Doorbell names end up in notifications, logs and Home Assistant.
+fn check_doorbell_name(name: &str) -> Result<()> {
+    crate::domain::check_name_within(name, crate::domain::ids::DOORBELL_NAME_MAX)
+        .map_err(|e| StoreError::Invalid(format!("doorbell name: {e}")))
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -105,11 +119,35 @@ impl Store {
         })?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| fail(e.to_string()))?;
+        Self::before_migrating(&conn, path).map_err(fail)?;
         schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
         // SQLite creates -wal and -shm with the database's mode and, as root, its owner: fix
         // them too in case an older version or a hand made them.
         files::prepare_side_files(path);
         Ok(Store { conn, recipients: Default::default() })
+    }
+
+    /// Refuses a database a newer dingdong wrote (its schema is one this binary does not know),
+    /// and backs up one that is about to be migrated, beside it.
+    fn before_migrating(conn: &Connection, path: &Path) -> std::result::Result<(), String> {
+        let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+        let latest = schema::MIGRATIONS.len() as u32;
+        if current > latest {
+            return Err(format!(
+                "its schema version {current} is newer than this dingdong knows ({latest}): a newer dingdong wrote it; \
+                 fix: install that newer version again, or restore the backup taken before the upgrade \
+                 ({}.v*.bak beside it)",
+                path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            ));
+        }
+        if current == 0 || current == latest {
+            return Ok(()); // new, or nothing to migrate
+        }
+        let w = backup::before_migration(conn, path, current).map_err(|e| {
+            format!("cannot back it up before migrating schema {current} to {latest} ({e}); fix: free disk space beside it, then start again")
+        })?;
+        tracing::info!(from = current, to = latest, backup = %w.path.display(), bytes = w.bytes, "backed up before migrating the database");
+        Ok(())
     }
 
     /// SQLite's quick integrity check: the daemon refuses to run on a damaged database.
@@ -200,9 +238,7 @@ impl Store {
     pub fn add_doorbell(&mut self, id: &str, name: Option<&str>, owner: &str) -> Result<()> {
         crate::domain::check_id("doorbell", id).map_err(StoreError::Invalid)?;
         let name = name.unwrap_or(id);
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(StoreError::Invalid("doorbell name must be 1 to 100 printable characters".into()));
-        }
+        check_doorbell_name(name)?;
         let owner_id = self.user_id(owner)?;
         match self.conn.execute(
             "INSERT INTO doorbells (id, name, owner_id, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -240,6 +276,21 @@ impl Store {
             d.bindings = binds.query_map([&d.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         }
         Ok(rows)
+    }
+
+    /// Gives a doorbell another name: what its notifications and Home Assistant say from now on.
+    pub fn rename_doorbell(&mut self, id: &str, name: &str) -> Result<()> {
+        check_doorbell_name(name)?;
+        if self.conn.execute("UPDATE doorbells SET name = ?2 WHERE id = ?1", params![id, name])? == 0 {
+            return Err(StoreError::NotFound { kind: "doorbell", id: id.into() });
+        }
+        Ok(())
+    }
+
+    /// A counter that moves whenever a doorbell is added, removed or renamed, by any process:
+    /// the daemon compares it each second to announce changes to Home Assistant.
+    pub fn doorbells_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT n FROM doorbells_version WHERE id = 1", [], |r| r.get(0))?)
     }
 
     pub fn remove_doorbell(&mut self, id: &str) -> Result<()> {
@@ -327,6 +378,9 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Upsert> {
         let token = normalize_token(raw_token)?;
+        if let Some(n) = name {
+            crate::domain::check_name(n).map_err(|e| StoreError::Invalid(format!("phone name: {e}")))?;
+        }
         let uid = self.user_id(user)?;
         let tx = self.conn.transaction()?;
         let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
@@ -336,13 +390,14 @@ impl Store {
 
     pub fn list_phones(&self) -> Result<Vec<PhoneRow>> {
         let mut st = self.conn.prepare(
-            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome
+            "SELECT p.id, u.name, p.token, p.environment, p.topic, p.name, p.registered_at, p.last_outcome, p.platform
              FROM phones p JOIN users u ON u.id = p.user_id ORDER BY u.name, p.id",
         )?;
         let rows = st.query_map([], |r| {
             Ok(PhoneRow {
                 id: r.get(0)?,
                 user: r.get(1)?,
+                platform: r.get(8)?,
                 token: r.get(2)?,
                 environment: r.get(3)?,
                 topic: r.get(4)?,
@@ -434,6 +489,29 @@ mod tests {
         assert_eq!(s.resolve_button("rtl_433", "Honeywell-ActivLink/1234").unwrap().unwrap().0, "d");
         assert_eq!(s.resolve_button("native", "d").unwrap().unwrap().0, "d");
         assert_eq!(s.resolve_button("native", "nope").unwrap(), None);
+    }
+
+    /// Adding, renaming and removing a doorbell each move the version Home Assistant's
+    /// announcer watches; sharing it does not.
+    #[test]
+    fn doorbell_changes_move_their_version() {
+        let (_d, mut s) = store();
+        s.add_user("a").unwrap();
+        s.add_user("b").unwrap();
+        let v0 = s.doorbells_version().unwrap();
+        s.add_doorbell("front", None, "a").unwrap();
+        let v1 = s.doorbells_version().unwrap();
+        s.share("front", "b").unwrap();
+        assert_eq!(s.doorbells_version().unwrap(), v1);
+        s.rename_doorbell("front", "Front door").unwrap();
+        assert_eq!(s.list_doorbells().unwrap()[0].name, "Front door");
+        let v2 = s.doorbells_version().unwrap();
+        s.remove_doorbell("front").unwrap();
+        let v3 = s.doorbells_version().unwrap();
+        assert!(v0 < v1 && v1 < v2 && v2 < v3, "{v0} {v1} {v2} {v3}");
+        assert!(matches!(s.rename_doorbell("front", "x"), Err(StoreError::NotFound { .. })));
+        s.add_doorbell("back", None, "a").unwrap();
+        assert!(matches!(s.rename_doorbell("back", ""), Err(StoreError::Invalid(_))));
     }
 
     #[test]

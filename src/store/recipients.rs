@@ -99,7 +99,9 @@ fn users_of(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<i64>> {
 
 /// How many phones `users` have (a token shared by two users counts twice).
 fn phones_of(conn: &rusqlite::Connection, users: &[i64]) -> Result<usize> {
-    let mut count = conn.prepare_cached("SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
+    let mut count = conn.prepare_cached(
+        "SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1 AND platform = 'apns'",
+    )?;
     let mut total = 0usize;
     for user in users {
         total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
@@ -115,10 +117,12 @@ pub(crate) fn recipients_bound(conn: &rusqlite::Connection, doorbell: &str) -> R
 
 /// Calls `f` with every phone of `users` in phone-id order, each token once (the oldest
 /// registration wins). Each user's phones are read in id order through `phones_user` and
-/// merged, so a building of 120,000 phones is one sequential pass with no sort in SQLite.
+/// merged, so a building of 120,000 phones is one sequential pass with no sort in SQLite. Only
+/// APNs phones for now: a paired FCM or Web Push phone is kept, and reached once its
+/// transport exists.
 fn each_recipient(conn: &rusqlite::Connection, users: &[i64], f: &mut dyn FnMut(JobPhone) -> Result<()>) -> Result<()> {
-    const SQL: &str =
-        "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id";
+    const SQL: &str = "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user
+                       WHERE user_id = ?1 AND platform = 'apns' ORDER BY id";
     let mut stmts = Vec::with_capacity(users.len());
     for _ in users {
         stmts.push(conn.prepare_cached(SQL)?);

@@ -5,7 +5,7 @@
 use super::recipients::{recipients_bound, KeptRecipients, READ_LATER_FROM};
 pub use super::recipients::{recipients_on, JobPhone, Recipients, Topics};
 use super::{Result, Store};
-use crate::domain::{Outcome, Token};
+use crate::domain::{Environment, Outcome, PhoneState, RingState, Token};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
@@ -63,7 +63,7 @@ pub struct Press<'a> {
 pub struct RingSummary {
     pub ring_id: String,
     pub doorbell: String,
-    pub state: String,
+    pub state: RingState,
     pub pressed_at: i64,
     pub presses: i64,
     pub phones: i64,
@@ -80,8 +80,16 @@ pub struct PhoneOutcome {
     pub phone_id: i64,
     pub token: String,
     pub environment: String,
-    pub state: String,
+    pub state: PhoneState,
     pub reason: Option<String>,
+}
+
+/// What the outbox measured of a ring: press received -> first answer from the push service,
+/// and -> every phone answered (ms). Stored with the ring and published with its outcome.
+#[derive(Debug, Default, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub first: Option<i64>,
+    pub all: Option<i64>,
 }
 
 /// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
@@ -90,15 +98,20 @@ pub struct OutcomeRow {
     pub seq: i64,
     pub phone_id: i64,
     pub token: Token,
+    /// The phone's environment as the job had it (for the outbox's counts; the store reads it
+    /// from the phone).
+    pub environment: Environment,
     pub outcome: Outcome,
 }
 
 /// What recording a batch of outcomes did to the phones table.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub pruned: usize,
     /// Dead per Apple, but registered again after Apple's timestamp: kept.
     pub kept: usize,
+    /// The phones kept, recorded as failed instead of pruned.
+    pub kept_phones: Vec<i64>,
 }
 
 /// What a ring's phones have come to: the settled counts, and the recorded outcomes.
@@ -107,7 +120,7 @@ struct Settled {
     runs: Vec<(i64, i64)>,
     run_phones: i64,
     /// Phone id -> `(token, environment, state, reason)` of every other final outcome.
-    outcomes: std::collections::HashMap<i64, (String, String, String, Option<String>)>,
+    outcomes: std::collections::HashMap<i64, (String, String, PhoneState, Option<String>)>,
 }
 
 impl Settled {
@@ -145,10 +158,10 @@ impl Store {
         }
         let folded: Option<String> = tx
             .query_row(
-                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != 'expired'
+                "SELECT id FROM rings WHERE doorbell_id = ?1 AND state != ?4
                    AND pressed_at > ?2 - ?3 AND pressed_at < ?2 + ?3
                  ORDER BY pressed_at DESC LIMIT 1",
-                params![p.doorbell_id, p.pressed_at, p.debounce_ms],
+                params![p.doorbell_id, p.pressed_at, p.debounce_ms, RingState::Expired],
                 |r| r.get(0),
             )
             .optional()?;
@@ -162,8 +175,8 @@ impl Store {
         if p.received_at.max(p.recorded_at) >= expires_at {
             tx.execute(
                 "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', ?5)",
-                params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5)",
+                params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at, RingState::Expired],
             )?;
             tx.commit()?;
             return Ok(RingStart::Expired { ring_id: p.ring_id.into() });
@@ -182,8 +195,17 @@ impl Store {
         let count = bound.unwrap_or(phones.len());
         tx.execute(
             "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, phones)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
-            params![p.ring_id, p.doorbell_id, p.doorbell_name, p.pressed_at, p.received_at, expires_at, count],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?7)",
+            params![
+                p.ring_id,
+                p.doorbell_id,
+                p.doorbell_name,
+                p.pressed_at,
+                p.received_at,
+                expires_at,
+                count,
+                RingState::Pending
+            ],
         )?;
         tx.commit()?;
         Ok(RingStart::Created(RingJob {
@@ -265,10 +287,11 @@ impl Store {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
-                        state = "failed";
+                        rec.kept_phones.push(row.phone_id);
+                        state = PhoneState::Failed;
                         tx.execute(
-                            "UPDATE ring_outcomes SET state = 'failed' WHERE ring_id = ?1 AND phone_id = ?2",
-                            params![ring_id, row.phone_id],
+                            "UPDATE ring_outcomes SET state = ?3 WHERE ring_id = ?1 AND phone_id = ?2",
+                            params![ring_id, row.phone_id, state],
                         )?;
                         set_problem.execute(params![row.phone_id, reason.as_deref().unwrap_or(""), now])?;
                     }
@@ -309,8 +332,9 @@ impl Store {
     }
 
     /// Records every phone of `ring_id` still pending as `expired` and closes the ring in
-    /// `state`. The ring's phone count becomes what was settled plus what expired.
-    fn close_ring(&mut self, ring_id: &str, state: &str) -> Result<RingSummary> {
+    /// `state`, with what the outbox measured. The ring's phone count becomes what was settled
+    /// plus what expired.
+    fn close_ring(&mut self, ring_id: &str, state: RingState, latency: Latency) -> Result<RingSummary> {
         let now = crate::domain::now_ms();
         let (doorbell, phones): (String, i64) =
             self.conn.query_row("SELECT doorbell_id, phones FROM rings WHERE id = ?1", [ring_id], |r| {
@@ -323,27 +347,44 @@ impl Store {
         {
             let mut expire = tx.prepare_cached(
                 "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'expired', 'Expired', ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?6, 'Expired', ?5)",
             )?;
             for p in &left {
-                expire.execute(params![ring_id, p.phone_id, p.token.hex(), p.environment.as_str(), now])?;
+                expire.execute(params![
+                    ring_id,
+                    p.phone_id,
+                    p.token.hex(),
+                    p.environment.as_str(),
+                    now,
+                    PhoneState::Expired
+                ])?;
             }
         }
         tx.execute(
-            "UPDATE rings SET state = ?2, finished_at = ?3, phones = ?4 WHERE id = ?1 AND state = 'pending'",
-            params![ring_id, state, now, settled.count() + left.len() as i64],
+            "UPDATE rings SET state = ?2, finished_at = ?3, phones = ?4, first_ms = ?6, all_ms = ?7
+             WHERE id = ?1 AND state = ?5",
+            params![
+                ring_id,
+                state,
+                now,
+                settled.count() + left.len() as i64,
+                RingState::Pending,
+                latency.first,
+                latency.all
+            ],
         )?;
         tx.commit()?;
         self.ring_summary(ring_id)
     }
 
-    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring.
-    pub fn finish_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        self.close_ring(ring_id, "done")
+    /// Marks what is still pending as expired (the ring's time ran out) and closes the ring,
+    /// keeping the latency the outbox measured.
+    pub fn finish_ring(&mut self, ring_id: &str, latency: Latency) -> Result<RingSummary> {
+        self.close_ring(ring_id, RingState::Done, latency)
     }
 
     pub fn ring_summary(&self, ring_id: &str) -> Result<RingSummary> {
-        let (doorbell, state, pressed_at, presses, phones): (String, String, i64, i64, i64) = self.conn.query_row(
+        let (doorbell, state, pressed_at, presses, phones): (String, RingState, i64, i64, i64) = self.conn.query_row(
             "SELECT doorbell_id, state, pressed_at, presses, phones FROM rings WHERE id = ?1",
             [ring_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -368,15 +409,15 @@ impl Store {
         )?;
         let mut st =
             self.conn.prepare_cached("SELECT state, COUNT(*) FROM ring_outcomes WHERE ring_id = ?1 GROUP BY state")?;
-        let rows = st.query_map([ring_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = st.query_map([ring_id], |r| Ok((r.get::<_, PhoneState>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
-            match state.as_str() {
-                "delivered" => s.delivered += n,
-                "failed" => s.failed = n,
-                "pruned" => s.pruned = n,
-                "expired" => s.expired = n,
-                _ => {}
+            match state {
+                PhoneState::Delivered => s.delivered += n,
+                PhoneState::Failed => s.failed = n,
+                PhoneState::Pruned => s.pruned = n,
+                PhoneState::Expired => s.expired = n,
+                PhoneState::Pending => {}
             }
         }
         s.pending = (s.phones - s.delivered - s.failed - s.pruned - s.expired).max(0);
@@ -404,12 +445,12 @@ impl Store {
             if settled.outcomes.contains_key(&p.phone_id) {
                 continue;
             }
-            let state = if settled.in_run(p.phone_id) { "delivered" } else { "pending" };
+            let state = if settled.in_run(p.phone_id) { PhoneState::Delivered } else { PhoneState::Pending };
             lines.push(PhoneOutcome {
                 phone_id: p.phone_id,
                 token: p.token.hex(),
                 environment: p.environment.as_str().to_string(),
-                state: state.to_string(),
+                state,
                 reason: None,
             });
         }
@@ -425,10 +466,10 @@ impl Store {
     /// is not sent; the ring's phone count follows.
     pub fn unfinished_rings(&mut self) -> Result<Vec<RingJob>> {
         let mut st = self.conn.prepare(
-            "SELECT id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at FROM rings WHERE state = 'pending' ORDER BY pressed_at",
+            "SELECT id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at FROM rings WHERE state = ?1 ORDER BY pressed_at",
         )?;
         let mut jobs: Vec<RingJob> = st
-            .query_map([], |r| {
+            .query_map([RingState::Pending], |r| {
                 Ok(RingJob {
                     ring_id: r.get(0)?,
                     doorbell_id: r.get(1)?,
@@ -456,7 +497,7 @@ impl Store {
 
     /// Marks a ring expired (its time ran out while nobody could send it).
     pub fn expire_ring(&mut self, ring_id: &str) -> Result<RingSummary> {
-        self.close_ring(ring_id, "expired")
+        self.close_ring(ring_id, RingState::Expired, Latency::default())
     }
 
     /// How many phones the next ring may reach, to open enough connections ahead of it: the
@@ -469,7 +510,7 @@ impl Store {
         )?;
         let n = match widest {
             Some(n) => n,
-            None => self.conn.query_row("SELECT COUNT(*) FROM phones", [], |r| r.get(0))?,
+            None => self.conn.query_row("SELECT COUNT(*) FROM phones WHERE platform = 'apns'", [], |r| r.get(0))?,
         };
         Ok(n.max(0) as usize)
     }
@@ -506,7 +547,13 @@ mod tests {
     /// The outcome row of the job's phone at position `seq`.
     fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
         let p = &phones.targets[seq];
-        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, token: p.token.clone(), outcome }
+        OutcomeRow {
+            seq: seq as i64,
+            phone_id: p.phone_id,
+            token: p.token.clone(),
+            environment: p.environment,
+            outcome,
+        }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
@@ -626,12 +673,12 @@ mod tests {
         let jobs = s.unfinished_rings().unwrap();
         let left: Vec<i64> = jobs[0].phones.targets.iter().map(|p| p.phone_id).collect();
         assert_eq!(left, [job.phones.targets[2].phone_id, job.phones.targets[4].phone_id]);
-        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        let states: Vec<&str> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["delivered", "delivered", "pending", "failed", "pending"]);
         let sum = s.expire_ring("r1").unwrap();
         assert_eq!(
-            (sum.state.as_str(), sum.phones, sum.delivered, sum.failed, sum.expired, sum.pending),
-            ("expired", 5, 2, 1, 2, 0)
+            (sum.state, sum.phones, sum.delivered, sum.failed, sum.expired, sum.pending),
+            (RingState::Expired, 5, 2, 1, 2, 0)
         );
         assert!(s.unfinished_rings().unwrap().is_empty());
     }
@@ -651,7 +698,7 @@ mod tests {
             .map(|&i| row(&job.phones, i, if i == 2 { failed.clone() } else { Outcome::Delivered }))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
-        let states: Vec<String> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state).collect();
+        let states: Vec<&str> = s.ring_phones("r1", 10).unwrap().into_iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["delivered", "delivered", "failed", "pending", "delivered", "delivered"]);
         let last: Vec<Option<String>> = s.list_phones().unwrap().into_iter().map(|p| p.last_outcome).collect();
         assert_eq!(last[0], None, "a delivery records no problem");
@@ -661,7 +708,7 @@ mod tests {
         assert_eq!(runs, 2);
         // A later delivery clears the phone's problem.
         s.record_outcomes("r1", &[row(&job.phones, 3, Outcome::Delivered)]).unwrap();
-        let sum = s.finish_ring("r1").unwrap();
+        let sum = s.finish_ring("r1", Latency::default()).unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.failed, sum.pending, sum.expired), (6, 5, 1, 0, 0));
     }
 
@@ -678,8 +725,9 @@ mod tests {
             Outcome::Prune { reason: Reason::Unregistered, since: Some(now - 3_600_000) },
         ];
         let batch: Vec<OutcomeRow> = outcomes.into_iter().enumerate().map(|(i, o)| row(&job.phones, i, o)).collect();
-        assert_eq!(s.record_outcomes("r1", &batch).unwrap(), Recorded { pruned: 1, kept: 1 });
-        let sum = s.finish_ring("r1").unwrap();
+        let rec = s.record_outcomes("r1", &batch).unwrap();
+        assert_eq!((rec.pruned, rec.kept, rec.kept_phones), (1, 1, vec![job.phones.targets[2].phone_id]));
+        let sum = s.finish_ring("r1", Latency::default()).unwrap();
         assert_eq!((sum.phones, sum.delivered, sum.pruned, sum.failed), (3, 1, 1, 1));
         assert_eq!(s.list_phones().unwrap().len(), 2);
         assert_eq!(s.ring_phones("r1", 10).unwrap()[0].token.len(), 8);

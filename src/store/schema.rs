@@ -195,6 +195,66 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER users_removed AFTER DELETE ON users
         BEGIN UPDATE recipients_version SET n = n + 1; END;
     "#,
+    // 6 (pairing v2): SPAKE2 needs the code itself, so a window keeps its 8 digits while it is
+    // open, and only then (`code` is NULL in every other state; v1 windows held a hash of a
+    // 6-digit code and cannot be redeemed by v2 phones, so they are dropped). Removing a user,
+    // a share or a doorbell revokes the open windows that would grant it, whichever process
+    // removes it. Phones have a platform; FCM tokens live in `token`, a Web Push phone keeps
+    // its endpoint there and its whole checked PushSubscription JSON in `subscription`.
+    r#"
+    DROP TABLE pair_windows;
+    CREATE TABLE pair_windows (
+        id              INTEGER PRIMARY KEY,
+        code            TEXT,
+        user_name       TEXT NOT NULL,
+        share_doorbell  TEXT,
+        opened_by       TEXT NOT NULL,
+        opened_at       INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        state           TEXT NOT NULL CHECK (state IN ('open', 'used', 'locked', 'revoked', 'expired')),
+        phone_id        INTEGER,
+        CHECK (state = 'open' OR code IS NULL)
+    );
+    CREATE INDEX pair_windows_open ON pair_windows(state, expires_at);
+    CREATE TRIGGER pair_windows_user_removed AFTER DELETE ON users
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND user_name = OLD.name; END;
+    CREATE TRIGGER pair_windows_share_removed AFTER DELETE ON shares
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND share_doorbell = OLD.doorbell_id
+                AND user_name IN (SELECT name FROM users WHERE id = OLD.user_id); END;
+    CREATE TRIGGER pair_windows_doorbell_removed AFTER DELETE ON doorbells
+        BEGIN UPDATE pair_windows SET state = 'revoked', code = NULL
+              WHERE state = 'open' AND share_doorbell = OLD.id; END;
+    ALTER TABLE phones ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns'
+        CHECK (platform IN ('apns', 'fcm', 'webpush'));
+    ALTER TABLE phones ADD COLUMN subscription TEXT;
+    DROP TRIGGER phones_changed;
+    CREATE TRIGGER phones_changed AFTER UPDATE OF id, user_id, token, environment, topic, platform, subscription ON phones
+        BEGIN UPDATE recipients_version SET n = n + 1; END;
+    "#,
+    // 7 (ops): what the outbox measured of each ring (press received -> first answer, -> last
+    // answer, in ms) for `dingdong rings`; an index on when rings arrived, for the history's
+    // listing and its pruning; and a counter of changes to doorbells (added, removed,
+    // renamed), which the daemon watches to announce them to Home Assistant whichever
+    // process made the change.
+    r#"
+    ALTER TABLE rings ADD COLUMN first_ms INTEGER;
+    ALTER TABLE rings ADD COLUMN all_ms INTEGER;
+    CREATE INDEX rings_received ON rings(received_at);
+    CREATE TABLE doorbells_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n  INTEGER NOT NULL
+    );
+    INSERT INTO doorbells_version (id, n) VALUES (1, 0);
+    CREATE TRIGGER doorbells_version_added AFTER INSERT ON doorbells
+        BEGIN UPDATE doorbells_version SET n = n + 1; END;
+    CREATE TRIGGER doorbells_version_removed AFTER DELETE ON doorbells
+        BEGIN UPDATE doorbells_version SET n = n + 1; END;
+    CREATE TRIGGER doorbells_version_changed AFTER UPDATE OF id, name ON doorbells
+        BEGIN UPDATE doorbells_version SET n = n + 1; END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
@@ -212,6 +272,56 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// A database an older dingdong left (schema 5) is backed up beside itself, privately,
+    /// before it is migrated; opening it again takes no second backup. A database a newer
+    /// dingdong wrote is refused with one line, untouched.
+    #[test]
+    fn a_migration_is_preceded_by_a_backup_and_a_newer_database_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as u32).unwrap();
+                tx.commit().unwrap();
+            }
+            conn.execute("INSERT INTO users (name, created_at) VALUES ('alice', 0)", []).unwrap();
+        }
+        let backups = || -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with(".bak"))
+                .collect();
+            v.sort();
+            v
+        };
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap() as usize, MIGRATIONS.len());
+        drop(s);
+        let taken = backups();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        let name = taken[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("d.db.v5-") && name.ends_with("Z.bak"), "{name}");
+        assert_eq!(std::fs::metadata(&taken[0]).unwrap().permissions().mode() & 0o777, 0o600);
+        let old = Store::open_readonly(&taken[0]).unwrap();
+        assert_eq!((old.schema_version().unwrap(), old.counts().unwrap().0), (5, 1));
+        drop(Store::open(&path).unwrap());
+        assert_eq!(backups().len(), 1, "nothing to migrate: no backup");
+
+        let newer = MIGRATIONS.len() as u32 + 1;
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", newer).unwrap();
+        let e = Store::open(&path).err().expect("refused").to_string();
+        assert!(e.contains(&format!("schema version {newer} is newer than this dingdong knows")), "{e}");
+        assert!(e.contains("fix:") && !e.contains('\n'), "{e}");
+        let still: u32 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(still, newer, "untouched");
+    }
 
     /// A database of version 3 with a ring under way (ring_phones rows) migrates to the
     /// outbox without copies: settled phones keep their outcome, the pending one is resumed.

@@ -229,12 +229,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path, dir: &Path) -> Daemon {
+        let filter = std::env::var("DINGDONG_TEST_LOG").unwrap_or_else(|_| "info,dingdong=debug".into());
+        Daemon::spawn_logging(config, dir, &filter)
+    }
+
+    /// Like [`Daemon::spawn`], logging with the `RUST_LOG` filter `filter` (`trace`: all).
+    pub fn spawn_logging(config: &Path, dir: &Path, filter: &str) -> Daemon {
         let log = dir.join(format!("daemon-{}.log", free_port()));
         let child = Command::new(bin())
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", std::env::var("DINGDONG_TEST_LOG").unwrap_or_else(|_| "info,dingdong=debug".into()))
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -52,7 +52,7 @@ pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
                     println!(
                         "{:<16} {:<24} {:<16} {:<24} {}",
                         d.id,
-                        d.name,
+                        crate::domain::printable(&d.name),
                         d.owner,
                         d.shared_with.join(","),
                         d.bindings.join(",")
@@ -63,6 +63,10 @@ pub fn doorbell(path: &Path, cmd: &DoorbellCmd) -> Result<(), CliError> {
         DoorbellCmd::Rm { id } => {
             store.remove_doorbell(id)?;
             println!("doorbell {id} removed");
+        }
+        DoorbellCmd::Rename { id, name } => {
+            store.rename_doorbell(id, name)?;
+            println!("doorbell {id} is now called {name}");
         }
         DoorbellCmd::Bind { id, source, key } => {
             store.bind(id, source, key)?;
@@ -95,7 +99,7 @@ pub fn pair(path: &Path, cmd: &PairCmd) -> Result<(), CliError> {
             let w = store.open_pair_window(user, share.as_deref(), *minutes, opener, crate::domain::now_ms())?;
             let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(w.expires_at as u64);
             // The one place a code is shown: on the terminal of whoever may open windows.
-            println!("pairing code for {user}: {}", w.code.reveal());
+            println!("pairing code for {user}: {}", w.code.reveal_grouped());
             let shared = share.as_ref().map(|d| format!("; shares doorbell {d}")).unwrap_or_default();
             println!("valid once, for {minutes} minute(s), until {}{shared}", humantime::format_rfc3339_seconds(until));
         }
@@ -147,21 +151,25 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
             let mut phones = store.list_phones()?;
             if !full {
                 for p in &mut phones {
-                    p.token = crate::domain::short_token(&p.token).to_string();
+                    p.token = shortened(&p.platform, &p.token);
                 }
             }
             if *json {
                 print_json(&phones);
             } else {
-                println!("{:>6} {:<16} {:<10} {:<11} {:<20} LAST PROBLEM", "ID", "USER", "TOKEN", "ENV", "NAME");
+                println!(
+                    "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} LAST PROBLEM",
+                    "ID", "USER", "PLATFORM", "TOKEN", "ENV", "NAME"
+                );
                 for p in phones {
                     println!(
-                        "{:>6} {:<16} {:<10} {:<11} {:<20} {}",
+                        "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} {}",
                         p.id,
                         p.user,
+                        p.platform,
                         p.token,
                         p.environment,
-                        p.name.unwrap_or_default(),
+                        crate::domain::printable(p.name.as_deref().unwrap_or_default()),
                         p.last_outcome.unwrap_or_default()
                     );
                 }
@@ -173,6 +181,16 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// What `phone list` shows of a phone's address: an APNs or FCM token's first 8 characters,
+/// a Web Push endpoint's host (its path is a capability).
+fn shortened(platform: &str, address: &str) -> String {
+    if platform == "webpush" {
+        let rest = address.split_once("://").map_or(address, |(_, r)| r);
+        return format!("{}/…", rest.split('/').next().unwrap_or(""));
+    }
+    crate::domain::short_token(address).to_string()
 }
 
 /// `dingdong doorbell learn ID`: leaves a learn request in the database, which the running

@@ -3,7 +3,11 @@
 //! could not run; 1: ran and failed).
 
 mod admin;
+mod history;
+mod phone_sim;
 mod tools;
+
+pub use phone_sim::PhoneSimCmd;
 
 pub use tools::{daemon_signals, stop_on_signal};
 
@@ -44,6 +48,9 @@ pub enum Command {
     /// Pairing windows: one-time codes with which a phone joins a user.
     #[command(subcommand)]
     Pair(PairCmd),
+    /// The reference phone: pairs as the app would and sends signed requests (one JSON line).
+    #[command(subcommand)]
+    PhoneSim(PhoneSimCmd),
     /// Publish a press of doorbell ID on the broker, exactly as a bridge would.
     Ring { id: String },
     /// One poll of the legacy feedback service; prunes as `run` does.
@@ -55,6 +62,48 @@ pub enum Command {
         /// One JSON document instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Ring history: the latest rings with their outcome counts and latency, or one ring.
+    Rings(RingsArgs),
+    /// An online backup of the database to FILE (0600), safe while the daemon runs.
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RingsArgs {
+    #[command(subcommand)]
+    pub show: Option<RingsCmd>,
+    /// Only the rings of this doorbell.
+    #[arg(long, value_name = "ID")]
+    pub doorbell: Option<String>,
+    /// Only rings of the last DURATION (90m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = history::parse_since)]
+    pub since: Option<std::time::Duration>,
+    /// At most N rings, newest first.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+    /// One JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RingsCmd {
+    /// One ring with every phone it reached.
+    Show {
+        ring_id: String,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Show whole tokens instead of their first 8 hex characters.
+        #[arg(long)]
+        full: bool,
     },
 }
 
@@ -87,6 +136,12 @@ pub enum DoorbellCmd {
     },
     Rm {
         id: String,
+    },
+    /// Give a doorbell another name (what notifications and Home Assistant say).
+    Rename {
+        id: String,
+        #[arg(long)]
+        name: String,
     },
     /// Bind a radio button to a doorbell.
     Bind {
@@ -281,10 +336,13 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Unshare { id, user } => admin::share(&path, id, user, false),
         Command::Phone(cmd) => admin::phone(&path, cmd),
         Command::Pair(cmd) => admin::pair(&path, cmd),
+        Command::PhoneSim(cmd) => phone_sim::run(&path, cmd),
         Command::Ring { id } => block_on(false, tools::ring(&path, id)),
         Command::Feedback => block_on(false, tools::feedback(&path)),
         Command::ApnsSim(args) => block_on(true, tools::apns_sim(args)),
         Command::Diag { json } => tools::diag(&path, *json),
+        Command::Rings(args) => history::rings(&path, args),
+        Command::Backup { file, force } => history::backup(&path, file, *force),
     }
 }
 

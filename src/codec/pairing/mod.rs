@@ -1,32 +1,29 @@
-//! Pairing and sharing: one-time codes, pairing windows and their attempt limits, rate
-//! limits, phone secrets and the HMAC-SHA256 recipe of signed phone requests.
+//! Pairing and signed phone requests, the pure parts: the pairing exchange itself (SPAKE2
+//! with key confirmation, [`pake`]), the messages of signed requests and the refusals
+//! ([`wire`]), the share code sealed to the phone that asked for it ([`share`]), the rate
+//! limits, and the HMAC-SHA256 recipe of signed requests (here).
 //!
-//! Everything here is pure: values in, decisions out, time passed in as UNIX ms. The SQL that
-//! keeps windows, attempts, nonces and rate events lives in `store::pairing` (so a second
-//! instance sharing the database decides the same); the MQTT side lives in `daemon`, and
-//! [`service`] joins the two without doing any MQTT I/O itself. The protocol is documented for
-//! app developers in `docs/pairing.md`.
+//! Everything here is pure: values in, decisions out, time passed in as UNIX ms, randomness
+//! passed in. The SQL that keeps windows, attempts, budget events, nonces and phone secrets
+//! lives in `store::pairing` (so a second instance sharing the database decides the same);
+//! `service::pairing` joins the two and answers through the publisher. The protocol is
+//! documented for app developers in `docs/pairing.md`.
 
+pub mod pake;
+pub mod share;
 pub mod wire;
 
+pub use pake::{Code, CODE_DIGITS};
+
 use hmac::{Hmac, Mac};
-use rand::rngs::OsRng;
-use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-/// Digits of a one-time code: 10^6 codes, of which an attacker may try [`MAX_ATTEMPTS`] per
-/// window.
-pub const CODE_DIGITS: usize = 6;
-/// Wrong codes after which every open window is closed for good.
-pub const MAX_ATTEMPTS: u32 = 5;
 /// How long a window stays open when nobody says otherwise, and the longest allowed.
 pub const DEFAULT_MINUTES: u32 = 5;
 pub const MAX_MINUTES: u32 = 60;
 /// A signed request whose timestamp is further than this from our clock is stale.
 pub const SIGNED_MAX_SKEW_MS: i64 = 5 * 60 * 1000;
-/// Bytes of a per-phone secret.
-pub const SECRET_BYTES: usize = 32;
 /// First line of every string a phone signs: names the recipe, so a later version can differ.
 pub const SIGNING_VERSION: &str = "dingdong-v1";
 
@@ -62,108 +59,6 @@ impl Default for Limits {
             phone_requests: RateLimit { limit: 10, per_ms: 60_000 },
             button_windows: RateLimit { limit: 6, per_ms: 3_600_000 },
         }
-    }
-}
-
-/// A one-time code, as the user types it. Not `Debug`/`Display` on purpose: it must not end
-/// up in a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Code(String);
-
-impl Code {
-    /// A fresh code from the operating system's CSPRNG, uniform over all 10^6 values.
-    pub fn generate() -> Code {
-        let n: u32 = OsRng.gen_range(0..10u32.pow(CODE_DIGITS as u32));
-        Code(format!("{n:0width$}", width = CODE_DIGITS))
-    }
-
-    /// The digits, for the one place that shows them (the CLI, the code file, a share reply).
-    pub fn reveal(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `s` has the shape of a code (exactly [`CODE_DIGITS`] ASCII digits).
-    pub fn well_formed(s: &str) -> bool {
-        s.len() == CODE_DIGITS && s.bytes().all(|b| b.is_ascii_digit())
-    }
-}
-
-/// 16 random bytes that make every window's code hash different.
-pub fn new_salt() -> [u8; 16] {
-    let mut s = [0u8; 16];
-    OsRng.fill_bytes(&mut s);
-    s
-}
-
-/// A fresh per-phone secret.
-pub fn new_secret() -> [u8; SECRET_BYTES] {
-    let mut s = [0u8; SECRET_BYTES];
-    OsRng.fill_bytes(&mut s);
-    s
-}
-
-/// What the database keeps of a code: SHA-256 over a label, the window's salt and the digits.
-/// It keeps the code out of dumps and backups and gives a fixed-size value to compare in
-/// constant time; it is no defence against someone who can read the live database (10^6
-/// candidates are hashed in a moment), who could add a phone directly anyway.
-pub fn code_hash(salt: &[u8], code: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"dingdong-pair-code\0");
-    h.update(salt);
-    h.update(code.as_bytes());
-    h.finalize().into()
-}
-
-/// Constant-time comparison of a typed code with a window's stored hash.
-pub fn code_matches(salt: &[u8], stored: &[u8], code: &str) -> bool {
-    let h = code_hash(salt, code);
-    stored.len() == h.len() && bool::from(h.ct_eq(stored))
-}
-
-/// What the store reads of a pairing window to judge a code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
-    pub id: i64,
-    pub salt: Vec<u8>,
-    pub code_hash: Vec<u8>,
-    pub expires_at: i64,
-    pub attempts: u32,
-    pub used: bool,
-}
-
-impl Window {
-    /// Whether a code may still be redeemed against this window at `now`.
-    pub fn is_open(&self, now: i64) -> bool {
-        !self.used && now < self.expires_at && self.attempts < MAX_ATTEMPTS
-    }
-}
-
-/// The decision on one pair request's code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Redeem {
-    /// The code opens window `window`: mark it used, pair the phone.
-    Pair { window: i64 },
-    /// No open window has this code (wrong, expired, used or locked read the same). Every open
-    /// window counts one more attempt; `lock` lists those that reach [`MAX_ATTEMPTS`].
-    Wrong { bump: Vec<i64>, lock: Vec<i64> },
-}
-
-/// Judges `code` against every window. Every open window's hash is compared, whatever the
-/// result, each in constant time; a malformed code matches nothing but still counts.
-pub fn redeem(windows: &[Window], code: &str, now: i64) -> Redeem {
-    let mut found = None;
-    for w in windows.iter().filter(|w| w.is_open(now)) {
-        if code_matches(&w.salt, &w.code_hash, code) && found.is_none() {
-            found = Some(w.id);
-        }
-    }
-    if let Some(window) = found {
-        return Redeem::Pair { window };
-    }
-    let open: Vec<&Window> = windows.iter().filter(|w| w.is_open(now)).collect();
-    Redeem::Wrong {
-        bump: open.iter().map(|w| w.id).collect(),
-        lock: open.iter().filter(|w| w.attempts + 1 >= MAX_ATTEMPTS).map(|w| w.id).collect(),
     }
 }
 
@@ -231,88 +126,10 @@ pub fn nonce_keep_until(ts: i64) -> i64 {
 mod tests {
     use super::*;
 
-    fn window(id: i64, code: &str, expires_at: i64) -> Window {
-        let salt = new_salt().to_vec();
-        Window { id, code_hash: code_hash(&salt, code).to_vec(), salt, expires_at, attempts: 0, used: false }
-    }
-
-    #[test]
-    fn codes_are_six_digits_and_vary() {
-        let codes: std::collections::HashSet<String> =
-            (0..200).map(|_| Code::generate().reveal().to_string()).collect();
-        assert!(codes.len() > 190, "random codes barely repeat");
-        for c in &codes {
-            assert!(Code::well_formed(c), "{c}");
-        }
-        assert!(!Code::well_formed("12345"));
-        assert!(!Code::well_formed("1234567"));
-        assert!(!Code::well_formed("12a456"));
-        assert!(!Code::well_formed("１２３４５６"));
-    }
-
-    #[test]
-    fn code_hash_depends_on_salt_and_compares_exactly() {
-        let (a, b) = (new_salt(), new_salt());
-        assert_ne!(code_hash(&a, "123456"), code_hash(&b, "123456"));
-        let h = code_hash(&a, "123456");
-        assert!(code_matches(&a, &h, "123456"));
-        assert!(!code_matches(&a, &h, "123457"));
-        assert!(!code_matches(&b, &h, "123456"));
-        assert!(!code_matches(&a, &h[..31], "123456"));
-    }
-
-    #[test]
-    fn right_code_pairs_once_within_its_time() {
-        let now = 1_000_000;
-        let w = window(1, "424242", now + 300_000);
-        assert_eq!(redeem(std::slice::from_ref(&w), "424242", now), Redeem::Pair { window: 1 });
-        // Used: the same code is then just wrong.
-        let used = Window { used: true, ..w.clone() };
-        assert_eq!(redeem(&[used], "424242", now), Redeem::Wrong { bump: vec![], lock: vec![] });
-        // Expired reads exactly like wrong.
-        assert_eq!(redeem(std::slice::from_ref(&w), "424242", now + 300_000), redeem(&[w], "000000", now + 300_000));
-    }
-
-    #[test]
-    fn five_wrong_codes_lock_the_window_and_then_the_right_one_fails() {
-        let now = 5_000;
-        let mut w = window(9, "111111", now + 60_000);
-        for i in 0..MAX_ATTEMPTS {
-            match redeem(std::slice::from_ref(&w), "222222", now) {
-                Redeem::Wrong { bump, lock } => {
-                    assert_eq!(bump, vec![9]);
-                    assert_eq!(lock.is_empty(), i + 1 < MAX_ATTEMPTS, "locked at the fifth");
-                }
-                r => panic!("{r:?}"),
-            }
-            w.attempts += 1;
-        }
-        assert!(!w.is_open(now));
-        assert_eq!(redeem(&[w], "111111", now), Redeem::Wrong { bump: vec![], lock: vec![] });
-    }
-
-    #[test]
-    fn a_wrong_code_counts_against_every_open_window() {
-        let now = 0;
-        let ws = [window(1, "123456", 10), window(2, "654321", 10), window(3, "000001", 0)];
-        assert_eq!(redeem(&ws, "999999", now), Redeem::Wrong { bump: vec![1, 2], lock: vec![] });
-        assert_eq!(redeem(&ws, "654321", now), Redeem::Pair { window: 2 });
-        assert_eq!(redeem(&ws, "000001", now), Redeem::Wrong { bump: vec![1, 2], lock: vec![] });
-    }
-
-    #[test]
-    fn a_thousand_random_codes_never_open_a_window_they_do_not_match() {
-        let w = window(1, "031337", i64::MAX);
-        let mut paired = 0;
-        for _ in 0..1000 {
-            let c = Code::generate();
-            if c.reveal() != "031337"
-                && redeem(std::slice::from_ref(&w), c.reveal(), 0) != (Redeem::Wrong { bump: vec![1], lock: vec![] })
-            {
-                paired += 1;
-            }
-        }
-        assert_eq!(paired, 0);
+    fn new_secret() -> [u8; 32] {
+        let mut s = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut s);
+        s
     }
 
     #[test]
@@ -321,7 +138,7 @@ mod tests {
         assert!(l.allows(0) && l.allows(2));
         assert!(!l.allows(3) && !l.allows(100));
         let d = Limits::default();
-        assert!(d.pair_requests.limit >= MAX_ATTEMPTS);
+        assert!(d.pair_requests.limit >= pake::budget::WINDOW_ATTEMPTS);
     }
 
     /// The worked example of docs/pairing.md: if this changes, change the doc.

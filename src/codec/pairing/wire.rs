@@ -1,6 +1,7 @@
-//! The wire format of pairing: parsing and bounding `P/pair/request` and the signed requests
-//! on `P/phone/<phone_id>/<action>`, and the error replies. Bytes in, typed requests or a
-//! [`Refusal`] out; no I/O.
+//! The wire format of signed phone requests on `P/phone/<phone_id>/<action>` (parsed by the
+//! gateway, encoded by the reference phone), their replies, the refusals every pairing topic
+//! shares, and the pair button's message. Bytes in, typed requests or a [`Refusal`] out; no
+//! I/O. The pairing exchange's own messages are `pake::wire`'s.
 //!
 //! Every field is checked by hand rather than by serde's messages, so that no refusal, reply
 //! or log line ever echoes a value (a code, a token, a signature).
@@ -15,8 +16,6 @@ pub const REQUEST_ID_MAX: usize = 64;
 /// `nonce`: 16 to 64 of the same alphabet.
 pub const NONCE_MIN: usize = 16;
 pub const NONCE_MAX: usize = 64;
-/// `name` of a phone: up to 64 printable characters.
-pub const NAME_MAX: usize = 64;
 
 /// The error codes of a reply's `error` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +41,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every error code a reply may carry.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidCode,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::Stale,
+        ErrorCode::Replayed,
+        ErrorCode::Forbidden,
+        ErrorCode::Conflict,
+        ErrorCode::Internal,
+    ];
+
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -89,32 +105,6 @@ pub fn valid_request_id(s: &str) -> bool {
 
 fn safe_chars(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// `P/pair/request`, checked.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PairRequest {
-    pub request_id: String,
-    /// Exactly [`super::CODE_DIGITS`] digits; never logged.
-    pub code: String,
-    /// Normalised (lower-case hex).
-    pub token: String,
-    pub environment: Environment,
-    /// The app's bundle id; the service compares it with `apns.topic`.
-    pub topic: String,
-    pub name: Option<String>,
-}
-
-impl std::fmt::Debug for PairRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PairRequest")
-            .field("request_id", &self.request_id)
-            .field("token", &crate::domain::short_token(&self.token))
-            .field("environment", &self.environment)
-            .field("topic", &self.topic)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What a signed phone request asks for.
@@ -188,6 +178,90 @@ impl SignedRequest {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         super::signing_string(self.phone_id, self.action.name(), &self.request_id, self.ts, &self.nonce, &args)
     }
+
+    /// A request as a phone makes it: signed with `secret` (what the reference phone sends).
+    pub fn signed(phone_id: i64, secret: &[u8], action: Action, request_id: &str, ts: i64, nonce: &str) -> Self {
+        let mut r = SignedRequest {
+            phone_id,
+            request_id: request_id.to_string(),
+            ts,
+            nonce: nonce.to_string(),
+            sig: Vec::new(),
+            action,
+        };
+        r.sig = super::sign(secret, &r.signing_string()).to_vec();
+        r
+    }
+
+    /// The payload to publish on `P/phone/<phone_id>/<action>`.
+    pub fn encode(&self) -> String {
+        let mut v = serde_json::json!({"request_id": self.request_id, "ts": self.ts, "nonce": self.nonce,
+            "sig": hex::encode(&self.sig)});
+        match &self.action {
+            Action::ReplaceToken { token, environment } => {
+                v["token"] = token.as_str().into();
+                v["environment"] = environment.as_str().into();
+            }
+            Action::Unpair => {}
+            Action::ShareCode { user, doorbell, minutes } => {
+                v["user"] = user.as_str().into();
+                v["doorbell"] = doorbell.as_str().into();
+                v["minutes"] = (*minutes).into();
+            }
+        }
+        v.to_string()
+    }
+}
+
+/// A refusal's `detail` as a phone accepts it: at most this many printable characters.
+pub const DETAIL_MAX: usize = 256;
+
+/// A reply on `P/phone-response/<phone_id>`, as the phone reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PhoneReply {
+    /// `{"ok": true, "request_id", "phone_id", "action", ...}`: the action's fields as they came.
+    Done { request_id: String, action: String, fields: Map<String, Value> },
+    /// `{"ok": false, "error", "detail", "request_id"?}`.
+    Refused { request_id: Option<String>, error: ErrorCode, detail: String },
+}
+
+/// Reads a reply to a signed request (the phone's side); the error names what is wrong.
+pub fn parse_phone_reply(payload: &[u8]) -> Result<PhoneReply, String> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!("payload is larger than {MAX_PAYLOAD} bytes"));
+    }
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(payload) else {
+        return Err("payload is not a JSON object".into());
+    };
+    let request_id = match m.get("request_id") {
+        None => None,
+        Some(Value::String(s)) if valid_request_id(s) => Some(s.clone()),
+        Some(_) => return Err("request_id: must be 1 to 64 of A-Z a-z 0-9 - _".into()),
+    };
+    match m.get("ok") {
+        Some(Value::Bool(true)) => {
+            let request_id = request_id.ok_or("request_id: missing")?;
+            let action = match m.get("action") {
+                Some(Value::String(a)) if matches!(a.as_str(), "token" | "unpair" | "share-code") => a.clone(),
+                _ => return Err("action: must be token, unpair or share-code".into()),
+            };
+            Ok(PhoneReply::Done { request_id, action, fields: m })
+        }
+        Some(Value::Bool(false)) => {
+            let error = m
+                .get("error")
+                .and_then(Value::as_str)
+                .and_then(ErrorCode::parse)
+                .ok_or("error: not a documented error code")?;
+            let detail = match m.get("detail") {
+                None => "",
+                Some(Value::String(s)) if s.chars().count() <= DETAIL_MAX && crate::domain::check_text(s).is_ok() => s,
+                Some(_) => return Err(format!("detail: must be up to {DETAIL_MAX} printable characters")),
+            };
+            Ok(PhoneReply::Refused { request_id, error, detail: detail.to_string() })
+        }
+        _ => Err("ok: must be true or false".into()),
+    }
 }
 
 /// Reads a payload as one JSON object with only `allowed` keys; the request id, if it can be
@@ -235,30 +309,6 @@ fn environment_field(m: &Map<String, Value>, rid: &str) -> Result<Environment, R
         "sandbox" => Ok(Environment::Sandbox),
         _ => Err(Refusal::new(Some(rid), ErrorCode::BadRequest, "environment: must be \"production\" or \"sandbox\"")),
     }
-}
-
-/// Parses `P/pair/request`.
-pub fn parse_pair_request(payload: &[u8]) -> Result<PairRequest, Refusal> {
-    let (m, rid) = object(payload, &["request_id", "code", "token", "environment", "topic", "name"])?;
-    let code = string(&m, &rid, "code")?;
-    if !super::Code::well_formed(code) {
-        return Err(Refusal::new(Some(&rid), ErrorCode::BadRequest, "code: must be 6 digits"));
-    }
-    let token = token_field(&m, &rid)?;
-    let environment = environment_field(&m, &rid)?;
-    let topic = string(&m, &rid, "topic")?;
-    if topic.is_empty() || topic.len() > 255 || !topic.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Refusal::new(Some(&rid), ErrorCode::BadRequest, "topic: must be the app's bundle id"));
-    }
-    let name = match m.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) if s.chars().count() <= NAME_MAX && !s.chars().any(char::is_control) => Some(s.clone()),
-        Some(_) => {
-            return Err(Refusal::new(Some(&rid), ErrorCode::BadRequest, "name: must be up to 64 printable characters"))
-        }
-    };
-    Ok(PairRequest { request_id: rid, code: code.to_string(), token, environment, topic: topic.to_string(), name })
 }
 
 /// Parses `phone_id` of a topic: a positive decimal integer without sign or leading zeros.
@@ -337,84 +387,67 @@ mod tests {
         "ab".repeat(32)
     }
 
-    fn pair(v: serde_json::Value) -> Result<PairRequest, Refusal> {
-        parse_pair_request(v.to_string().as_bytes())
-    }
-
-    fn good() -> serde_json::Value {
-        serde_json::json!({"request_id": "r-1", "code": "012345", "token": tok(), "environment": "sandbox",
-            "topic": "com.example.doorbell", "name": "Ann's iPhone"})
-    }
-
-    #[test]
-    fn a_good_pair_request() {
-        let r = pair(good()).unwrap();
-        assert_eq!((r.request_id.as_str(), r.code.as_str()), ("r-1", "012345"));
-        assert_eq!(r.environment, Environment::Sandbox);
-        assert_eq!(r.name.as_deref(), Some("Ann's iPhone"));
-        let dbg = format!("{r:?}");
-        assert!(!dbg.contains("012345") && !dbg.contains(&tok()), "{dbg}");
-        let mut spaced = good();
-        spaced["token"] = format!("<{} {}>", &tok()[..32].to_uppercase(), &tok()[32..]).into();
-        spaced.as_object_mut().unwrap().remove("name");
-        let r = pair(spaced).unwrap();
-        assert_eq!((r.token, r.name), (tok(), None));
-    }
-
-    #[test]
-    fn every_pair_field_is_bounded() {
-        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-            ("code", "12345".into(), "code"),
-            ("code", "1234567".into(), "code"),
-            ("code", 123456.into(), "code"),
-            ("token", "abcd".into(), "token"),
-            ("token", "zz".repeat(32).into(), "token"),
-            ("token", "ab".repeat(101).into(), "token"),
-            ("environment", "development".into(), "environment"),
-            ("environment", serde_json::Value::Null, "environment"),
-            ("topic", "".into(), "topic"),
-            ("topic", "com.example doorbell".into(), "topic"),
-            ("name", "x".repeat(65).into(), "name"),
-            ("name", "a\nb".into(), "name"),
-            ("extra", 1.into(), "unknown field"),
-        ];
-        for (key, value, says) in cases {
-            let mut v = good();
-            v[key] = value;
-            let e = pair(v).unwrap_err();
-            assert_eq!(e.request_id.as_deref(), Some("r-1"), "{key}");
-            assert_eq!(e.error, ErrorCode::BadRequest);
-            assert!(e.detail.contains(says), "{key}: {}", e.detail);
-            assert!(!e.reply().contains(&tok()));
-        }
-        for missing in ["code", "token", "environment", "topic"] {
-            let mut v = good();
-            v.as_object_mut().unwrap().remove(missing);
-            assert!(pair(v).unwrap_err().detail.contains("missing"), "{missing}");
-        }
-    }
-
-    #[test]
-    fn request_ids_cannot_reach_other_topics() {
-        for bad in ["", "a/b", "+", "#", "a b", "ä", &"x".repeat(65), "r\u{0}"] {
-            let mut v = good();
-            v["request_id"] = bad.into();
-            assert_eq!(pair(v).unwrap_err().request_id, None, "{bad:?}");
-        }
-        let mut v = good();
-        v["request_id"] = 5.into();
-        assert_eq!(pair(v).unwrap_err().request_id, None);
-        assert!(valid_request_id(&"A-z_9".repeat(12)));
-    }
-
     #[test]
     fn junk_is_refused_without_a_reply_id() {
         for junk in [&b""[..], b"{", b"[]", b"null", b"\xff", b"\"x\"", b"{\"request_id\":\"a\",\"request_id\":1}"] {
-            let e = parse_pair_request(junk).unwrap_err();
-            assert_eq!(e.error, ErrorCode::BadRequest);
+            let e = parse_signed(1, "unpair", junk).unwrap_err();
+            assert_eq!((e.error, e.request_id), (ErrorCode::BadRequest, None));
         }
-        let big = format!(r#"{{"request_id":"r","name":"{}"}}"#, "x".repeat(MAX_PAYLOAD));
-        assert!(parse_pair_request(big.as_bytes()).unwrap_err().detail.contains("larger"));
+        for bad in ["", "a/b", "+", "#", "a b", "ä", &"x".repeat(65), "r\u{0}"] {
+            let v = serde_json::json!({"request_id": bad, "ts": 1, "nonce": "0123456789abcdef", "sig": "00"});
+            assert_eq!(parse_signed(1, "unpair", v.to_string().as_bytes()).unwrap_err().request_id, None, "{bad:?}");
+        }
+        assert!(valid_request_id(&"A-z_9".repeat(12)));
+        let big = format!(r#"{{"request_id":"r","nonce":"{}"}}"#, "x".repeat(MAX_PAYLOAD));
+        assert!(parse_signed(1, "unpair", big.as_bytes()).unwrap_err().detail.contains("larger"));
+    }
+
+    #[test]
+    fn a_phone_encodes_what_the_gateway_parses_and_verifies() {
+        let secret = [3u8; 32];
+        for action in [
+            Action::ReplaceToken { token: tok(), environment: Environment::Sandbox },
+            Action::Unpair,
+            Action::ShareCode { user: "guest".into(), doorbell: "front".into(), minutes: 10 },
+        ] {
+            let name = action.name();
+            let made = SignedRequest::signed(7, &secret, action, "r-9", 1_700_000_000_000, "0123456789abcdef");
+            let parsed = parse_signed(7, name, made.encode().as_bytes()).unwrap();
+            assert_eq!(parsed, made);
+            let msg = parsed.signing_string();
+            assert_eq!(super::super::verify(Some(&secret), &msg, &parsed.sig, parsed.ts, parsed.ts, false), Ok(()));
+        }
+    }
+
+    #[test]
+    fn phones_read_replies_and_refusals() {
+        let ok = serde_json::json!({"ok": true, "request_id": "r", "phone_id": 7, "action": "unpair"});
+        assert!(
+            matches!(parse_phone_reply(ok.to_string().as_bytes()), Ok(PhoneReply::Done { action, .. }) if action == "unpair")
+        );
+        let refusal = Refusal::new(Some("r"), ErrorCode::Replayed, "nonce: used before").reply();
+        assert_eq!(
+            parse_phone_reply(refusal.as_bytes()).unwrap(),
+            PhoneReply::Refused {
+                request_id: Some("r".into()),
+                error: ErrorCode::Replayed,
+                detail: "nonce: used before".into()
+            }
+        );
+        let nameless = Refusal::new(None, ErrorCode::BadRequest, "payload is not JSON").reply();
+        assert!(matches!(parse_phone_reply(nameless.as_bytes()), Ok(PhoneReply::Refused { request_id: None, .. })));
+        for bad in [
+            serde_json::json!({"ok": true, "request_id": "r", "action": "reboot"}),
+            serde_json::json!({"ok": true, "action": "unpair"}),
+            serde_json::json!({"ok": false, "error": "teapot"}),
+            serde_json::json!({"ok": false, "error": "internal", "detail": "a\u{1b}[2J"}),
+            serde_json::json!({"ok": "yes"}),
+        ] {
+            assert!(parse_phone_reply(bad.to_string().as_bytes()).is_err(), "{bad}");
+        }
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
     }
 
     fn signed(action: &str, extra: serde_json::Value) -> serde_json::Value {

@@ -85,6 +85,12 @@ impl JwtMinter {
         &self.key_id
     }
 
+    /// How old the token in use is, in seconds; `None` before the first is minted.
+    pub fn age_secs(&self) -> Option<u64> {
+        let iat = self.current.lock().expect("jwt lock").as_ref().map(|c| c.0)?;
+        Some((self.clock)().saturating_sub(iat))
+    }
+
     /// The `authorization` header value, minting a new JWT when the cached one is 50 minutes old.
     pub fn bearer(&self) -> Arc<str> {
         self.bearer_header().0

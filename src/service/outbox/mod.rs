@@ -10,7 +10,9 @@ use crate::domain::timing::{SendTiming, TimingReport};
 use crate::domain::{Environment, Message, Outcome, RingTiming, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
+use crate::service::metrics::{Metrics, TransportGauges};
 use crate::service::publisher::Publisher;
+pub use crate::store::rings::Latency;
 use crate::store::rings::{PhoneOutcome, RingSummary};
 use crate::store::StoreHandle;
 use serde::Serialize;
@@ -60,6 +62,23 @@ impl Transport {
         }
     }
 
+    /// Its state for the metrics. The legacy sender holds no connection between rings.
+    pub fn gauges(&self) -> TransportGauges {
+        match self {
+            Transport::Http2(c) => TransportGauges {
+                connections: c.open_connections(),
+                jwt_age_secs: c.jwt_age_secs(),
+                stopped: c.stopped().is_some(),
+            },
+            Transport::Binary(_) => TransportGauges::default(),
+        }
+    }
+
+    /// The push platform it serves, as the metrics name it.
+    pub fn platform(&self) -> &'static str {
+        "apns"
+    }
+
     /// Sends to every target; after `stop`, nothing new is started and what was not started
     /// comes back as a retry (the outbox then leaves it pending for the next start).
     async fn send(
@@ -104,12 +123,6 @@ pub struct RingReport {
     pub results: Option<Vec<PhoneOutcome>>,
 }
 
-#[derive(Debug, Default, Serialize, Clone, Copy)]
-pub struct Latency {
-    pub first: Option<i64>,
-    pub all: Option<i64>,
-}
-
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
@@ -120,6 +133,8 @@ pub struct Outbox {
     publisher: Option<Publisher>,
     /// How many phones the widest ring to expect reaches: connections for it are kept ready.
     expected: Arc<AtomicUsize>,
+    /// Where outcomes, retries and latencies are counted (the daemon's).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Outbox {
@@ -134,7 +149,14 @@ impl Outbox {
             current: Arc::new(RwLock::new((transport, settings))),
             publisher,
             expected: Arc::new(AtomicUsize::new(1)),
+            metrics: None,
         }
+    }
+
+    /// Counts outcomes, retries and latencies in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Outbox {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A ring of `phones` phones is to be expected (the widest seen is kept).
@@ -164,12 +186,17 @@ impl Outbox {
     pub async fn report_expired(&self, ring_id: &str) {
         let ring = ring_id.to_string();
         match self.store.run(move |s| s.ring_summary(&ring)).await {
-            Ok(summary) => self.publish(&RingReport {
-                summary,
-                latency_ms: Latency::default(),
-                timing_us: RingTiming::received_at(crate::domain::now_us()).report(),
-                results: None,
-            }),
+            Ok(summary) => {
+                if let Some(m) = &self.metrics {
+                    m.ring_finished(summary.state);
+                }
+                self.publish(&RingReport {
+                    summary,
+                    latency_ms: Latency::default(),
+                    timing_us: RingTiming::received_at(crate::domain::now_us()).report(),
+                    results: None,
+                })
+            }
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),
         }
     }

@@ -8,13 +8,16 @@ use super::{
     STORE_RETRY_MIN, TRIM_AFTER,
 };
 use crate::domain::timing::SendTiming;
-use crate::domain::{Message, Outcome, RingTiming, Target};
+use crate::domain::{Message, Outcome, PhoneState, Reason, RingTiming, Target};
+use crate::service::metrics::Metrics;
 use crate::store::recipients::{Recipients, Topics};
+use crate::store::rings::OutcomeRow;
 use crate::store::rings::RingJob;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -27,6 +30,48 @@ struct Sending<'a> {
     settings: &'a OutboxSettings,
     payload: Bytes,
     stop: &'a CancellationToken,
+    pending: &'a Pending,
+}
+
+/// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
+/// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
+struct Pending {
+    metrics: Option<Arc<Metrics>>,
+    left: AtomicUsize,
+}
+
+impl Pending {
+    fn new(metrics: Option<Arc<Metrics>>, phones: usize) -> Pending {
+        if let Some(m) = &metrics {
+            m.delivery_started(phones);
+        }
+        Pending { metrics, left: AtomicUsize::new(phones) }
+    }
+
+    /// `phones` more to deliver (a big doorbell's part, read while the first were sent).
+    fn more(&self, phones: usize) {
+        self.left.fetch_add(phones, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.more_pending(phones);
+        }
+    }
+
+    fn settled(&self, n: usize) {
+        let before = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l - n.min(l)));
+        let n = n.min(before.unwrap_or(0));
+        if let Some(m) = &self.metrics {
+            m.settled(n);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.settled(*self.left.get_mut());
+            m.delivery_ended();
+        }
+    }
 }
 
 /// What one delivery (or one chunk of it) measures of itself as it goes.
@@ -119,7 +164,8 @@ impl Outbox {
         };
         let mut progress = Progress { timing, ..Default::default() };
         progress.timing.recipients = job.read_at_us;
-        let sending = Sending { transport: &transport, settings: &settings, payload, stop: &stop };
+        let pending = Pending::new(self.metrics.clone(), job.phones.len());
+        let sending = Sending { transport: &transport, settings: &settings, payload, stop: &stop, pending: &pending };
         // The phones read with the ring; or (a big doorbell) the first ones as soon as the store
         // has read them, then the rest: each part is sent as it comes. A part is the phones of
         // a list from a place in it (the place of each is its seq).
@@ -159,7 +205,12 @@ impl Outbox {
                 tokio::select! {
                     // cancel-safe: recv() loses no chunk
                     c = chunks.recv(), if !read_done => match c {
-                        Some(part) if part.phones.len() > part.from => running.push(self.send_part(&job, part, &sending)),
+                        Some(part) if part.phones.len() > part.from => {
+                            if job.unread {
+                                pending.more(part.phones.len() - part.from);
+                            }
+                            running.push(self.send_part(&job, part, &sending));
+                        }
                         Some(_) => {}
                         None => read_done = true,
                     },
@@ -185,9 +236,10 @@ impl Outbox {
     /// Closes a delivered ring and publishes its outcome.
     async fn finish(&self, job: &RingJob, mut progress: Progress, stop: &CancellationToken) -> Option<RingReport> {
         let ring = job.ring_id.clone();
+        let latency = progress.latency;
         let summary = self.persist(&job.ring_id, "close the ring", stop, move || {
             let ring = ring.clone();
-            move |s: &mut crate::store::Store| s.finish_ring(&ring)
+            move |s: &mut crate::store::Store| s.finish_ring(&ring, latency)
         });
         let summary = summary.await?;
         self.expect(summary.phones.max(0) as usize);
@@ -197,9 +249,15 @@ impl Outbox {
         } else {
             None
         };
-        let latency = progress.latency;
         progress.timing.finished = Some(crate::domain::now_us());
         let report = RingReport { summary, latency_ms: latency, timing_us: progress.timing.report(), results };
+        if let Some(m) = &self.metrics {
+            if let Some(first) = progress.timing.first_request {
+                m.first_request((first - progress.timing.received) / 1000);
+            }
+            m.answers(latency.first, latency.all);
+            m.ring_finished(report.summary.state);
+        }
         info!(
             ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
             failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
@@ -259,7 +317,7 @@ impl Outbox {
             let (tx, rx) = mpsc::unbounded_channel();
             let range = round.from()..round.targets().len();
             let send = sending.transport.send(msg.clone(), round.targets().clone(), range, tx, stop);
-            let (sent, ()) = tokio::join!(send, self.record(job, &mut round, rx, stop, progress));
+            let (sent, ()) = tokio::join!(send, self.record(job, &mut round, rx, sending, progress));
             progress.sent(sent);
             let end = round.end();
             if end.unheard > 0 {
@@ -271,6 +329,13 @@ impl Outbox {
                 Next::Done => return true,
                 Next::GiveUp => {
                     warn!(ring = %job.ring_id, phones = end.retry.len(), "ring expires before another retry: giving up on the rest");
+                    if let Some(m) = &self.metrics {
+                        for t in end.retry.iter() {
+                            let platform = sending.transport.platform();
+                            m.notification(platform, t.environment, PhoneState::Expired, Some(&Reason::Expired));
+                        }
+                    }
+                    sending.pending.settled(end.retry.len());
                     return true; // finish_ring marks them expired
                 }
                 Next::Retry { wait, attempt } => {
@@ -294,9 +359,10 @@ impl Outbox {
         job: &RingJob,
         round: &mut Round,
         mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
-        stop: &CancellationToken,
+        sending: &Sending<'_>,
         progress: &mut Progress,
     ) {
+        let stop = sending.stop;
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         // Answers are taken up to 256 at a time: one wake-up of this task per burst.
         let mut got = Vec::with_capacity(256);
@@ -311,15 +377,18 @@ impl Outbox {
                         progress.latency.first = Some(crate::domain::now_ms() - job.received_at);
                     }
                     for (i, outcome) in got.drain(..) {
+                        if let (Outcome::Retry { reason, .. }, Some(m)) = (&outcome, &self.metrics) {
+                            m.retry(sending.transport.platform(), Some(reason));
+                        }
                         round.on_outcome(i, outcome);
                     }
                     if round.batch_full() {
-                        self.flush(&job.ring_id, round).await;
+                        self.flush(&job.ring_id, round, sending.pending).await;
                     }
                 },
                 // cancel-safe: a missed tick only delays a flush
                 _ = tick.tick() => {
-                    self.flush(&job.ring_id, round).await;
+                    self.flush(&job.ring_id, round, sending.pending).await;
                 }
             }
         }
@@ -329,7 +398,7 @@ impl Outbox {
             progress.timing.last_answer = Some(crate::domain::now_us());
         }
         let mut wait = STORE_RETRY_MIN;
-        while !self.flush(&job.ring_id, round).await {
+        while !self.flush(&job.ring_id, round, sending.pending).await {
             tokio::select! {
                 // cancel-safe: only a timer
                 _ = tokio::time::sleep(wait) => {}
@@ -339,9 +408,25 @@ impl Outbox {
         }
     }
 
+    /// Counts recorded outcomes in the metrics.
+    fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
+        let Some(m) = &self.metrics else { return };
+        let platform = self.transport().platform();
+        for row in rows {
+            let state = match row.outcome.state() {
+                PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
+                s => s,
+            };
+            m.notification(platform, row.environment, state, row.outcome.reason());
+        }
+    }
+
     /// Writes the round's unwritten outcomes; false if the store refused them (then the round
     /// keeps them for the next try).
-    async fn flush(&self, ring_id: &str, round: &mut Round) -> bool {
+    /// Writes the round's unwritten outcomes; false if the store refused them (then the round
+    /// keeps them for the next try). What is written is counted: each phone's outcome as the
+    /// store recorded it (a prune of a phone registered again is a failure).
+    async fn flush(&self, ring_id: &str, round: &mut Round, pending: &Pending) -> bool {
         if round.unwritten() == 0 {
             return true;
         }
@@ -350,12 +435,18 @@ impl Outbox {
         let n = items.len();
         let shared = items.clone();
         match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
-            Ok(r) if r.pruned + r.kept > 0 => {
-                info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+            Ok(r) => {
+                if r.pruned + r.kept > 0 {
+                    info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                }
+                self.count(&items, &r.kept_phones);
+                pending.settled(n);
                 true
             }
-            Ok(_) => true,
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.outbox_store_fault();
+                }
                 warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
                 round.keep_rows(Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone()));
                 false

@@ -165,7 +165,7 @@ fn every_status_maps() {
         assert_eq!(Status::from_code(*code), *status);
         assert_eq!(status.code(), *code);
         assert_eq!(&status.reason(), reason);
-        assert_eq!(status.outcome().state(), *state, "status {code}");
+        assert_eq!(status.outcome().state().as_str(), *state, "status {code}");
     }
     assert_eq!(Status::InvalidToken.outcome(), Outcome::Prune { reason: Reason::BadDeviceToken, since: None });
     assert!(matches!(Status::InvalidPayloadSize.outcome(), Outcome::Failed { status: 7, .. }));

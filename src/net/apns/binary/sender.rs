@@ -242,7 +242,7 @@ impl BinarySender {
         for p in positions {
             let i = batch.order[p];
             if !matches!(outcome, Outcome::Delivered) {
-                debug!(token = %batch.targets[i].token.short(), state = outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
+                debug!(token = %batch.targets[i].token.short(), state = %outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
             }
             let _ = batch.out.send((i, outcome.clone()));
         }

@@ -130,6 +130,16 @@ impl Http2Client {
         self.inner.stopped.lock().expect("stopped lock").clone()
     }
 
+    /// Connections open now, both environments.
+    pub fn open_connections(&self) -> usize {
+        self.inner.pools.iter().map(Pool::open).sum()
+    }
+
+    /// Age of the provider token in use (token auth), in seconds.
+    pub fn jwt_age_secs(&self) -> Option<u64> {
+        self.inner.minter.as_ref().and_then(|m| m.age_secs())
+    }
+
     /// Sends `msg` to every target concurrently; each target's outcome is sent on `out` as
     /// `(index into targets, outcome)` as soon as it is known.
     pub async fn send(

@@ -53,6 +53,11 @@ impl Pool {
     pub(super) fn new(slots: usize) -> Pool {
         Pool { slots: (0..slots.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect() }
     }
+
+    /// Live connections (a slot being connected right now is not counted).
+    pub(super) fn open(&self) -> usize {
+        self.slots.iter().filter(|s| s.try_lock().is_ok_and(|c| c.as_ref().is_some_and(|c| c.alive()))).count()
+    }
 }
 
 impl Http2Client {
