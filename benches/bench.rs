@@ -11,11 +11,16 @@
 //! - The legacy binary fan-out of 120,000 phones, cold, press published to outcome received.
 //! - A burst of 20,000 QoS 1 presses over 200 doorbells through mosquitto: presses recorded
 //!   per second, peak RSS, how soon a fresh press rings after the burst, how long SIGTERM takes.
+//! - FCM and Web Push fan-out of 20,000 phones each (Web Push over HTTP/2 and over HTTP/1.1),
+//!   each beside h2load sending the same requests to the same simulator; CPU per notification
+//!   (`parts/push.rs`).
 
-#[path = "bench/fanout.rs"]
+#[path = "parts/fanout.rs"]
 mod fanout;
-#[path = "bench/latency.rs"]
+#[path = "parts/latency.rs"]
 mod latency;
+#[path = "parts/push.rs"]
+mod push;
 #[path = "../tests/util/mod.rs"]
 mod util;
 
@@ -305,7 +310,7 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let broker = Mosquitto::start(d);
-    // DINGDONG_BENCH_ONLY=fanout,latency,legacy runs only those parts.
+    // DINGDONG_BENCH_ONLY=fanout,latency,legacy,burst,push runs only those parts.
     let only = std::env::var("DINGDONG_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p.trim() == part));
     if wanted("fanout") {
@@ -319,6 +324,9 @@ async fn run() {
     }
     if wanted("burst") {
         burst(&mut figs, d, &broker).await;
+    }
+    if wanted("push") {
+        push::push(&mut figs, d, &broker).await;
     }
     println!();
     println!("summary ({machine})");

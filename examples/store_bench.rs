@@ -53,8 +53,7 @@ fn main() {
             .map(|(seq, p)| OutcomeRow {
                 seq: seq as i64,
                 phone_id: p.phone_id,
-                token: p.token.clone(),
-                environment: p.environment,
+                address: p.address.clone(),
                 outcome: Outcome::Delivered,
             })
             .collect();

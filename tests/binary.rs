@@ -240,16 +240,10 @@ async fn unreachable_gateway_hands_everything_back_as_retry() {
     let snd = BinarySender::new(&identity(&sim), Some(&sim.credentials.ca_file), settings).unwrap();
     let targets: Arc<Vec<Target>> = Arc::new(
         (0..5)
-            .map(|i| Target {
-                phone_id: i as i64,
-                token: dingdong::domain::Token::from_hex(&token(i)).unwrap(),
-                environment: Environment::Production,
+            .map(|i| {
+                Target::apns(i as i64, dingdong::domain::Token::from_hex(&token(i)).unwrap(), Environment::Production)
             })
-            .chain([Target {
-                phone_id: 9,
-                token: dingdong::domain::Token::from_hex(&token(9)).unwrap(),
-                environment: Environment::Sandbox,
-            }])
+            .chain([Target::apns(9, dingdong::domain::Token::from_hex(&token(9)).unwrap(), Environment::Sandbox)])
             .collect(),
     );
     let msg = Arc::new(Message {

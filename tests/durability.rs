@@ -22,7 +22,37 @@ fn duplicates(sim: &dingdong::app::sim::Sim, tokens: &[String]) -> usize {
     for t in tokens {
         assert!(counts.get(t).copied().unwrap_or(0) >= 1, "token {} never delivered", &t[..8]);
     }
-    counts.values().map(|c| c - 1).sum()
+    let mut dups: usize = counts.values().map(|c| c - 1).sum();
+    // The Android phones and browsers of a mixed household, each at least once too.
+    if let Some(f) = &sim.fcm {
+        let counts = f.state.counts();
+        assert!(f.tokens.iter().all(|t| counts.get(t).copied().unwrap_or(0) >= 1), "an Android phone never got it");
+        dups += counts.values().map(|c| c - 1).sum::<usize>();
+    }
+    if let Some(w) = &sim.webpush {
+        let counts = w.state.counts();
+        assert!(w.subscriptions.iter().all(|s| counts.get(&s.id).copied().unwrap_or(0) >= 1), "a browser never got it");
+        dups += counts.values().map(|c| c - 1).sum::<usize>();
+    }
+    dups
+}
+
+/// A doorbell of 20,000 phones as a building has them: 16,000 iPhones, 2,000 Android phones
+/// (FCM) and 2,000 browsers (Web Push), all registered through `phone import`.
+const MIXED_APNS: u32 = 16_000;
+const MIXED_EACH: u32 = 2_000;
+
+fn mixed_household(cfg: &std::path::Path, dir: &std::path::Path, sim: &dingdong::app::sim::Sim) -> Vec<String> {
+    add_push_tables(cfg, sim);
+    let tokens = household(cfg, dir, MIXED_APNS);
+    let (fcm, web) = (sim.fcm.as_ref().unwrap(), sim.webpush.as_ref().unwrap());
+    let mut lines: Vec<String> = fcm.tokens.iter().map(|t| format!("fcm:{t}")).collect();
+    lines.extend(web.subscriptions.iter().map(|s| s.json.clone()));
+    let file = dir.join("import-mixed.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = ok(cfg, &["phone", "import", "alice", file.to_str().unwrap()]);
+    assert!(out.contains(&format!("{} added", 2 * MIXED_EACH)), "{out}");
+    tokens
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,9 +61,10 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     let d = dir.path();
     let broker = Mosquitto::start(d);
     // Slow answers keep the 20,000-phone ring in flight long enough to be interrupted.
-    let sim = start_sim_with(d, Faults { latency: Duration::from_millis(100), ..Default::default() }, 200).await;
+    let faults = Faults { latency: Duration::from_millis(100), ..Default::default() };
+    let sim = start_push_sim(d, faults, 200, MIXED_EACH, false).await;
     let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
-    let tokens = household(&cfg, d, 20_000);
+    let tokens = mixed_household(&cfg, d, &sim);
     ok(&cfg, &["doorbell", "add", "back", "--owner", "alice"]);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
 
@@ -41,9 +72,9 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     let daemon = Daemon::spawn(&cfg, d);
     obs.wait_online().await;
     obs.press("front", dingdong::domain::now_ms()).await;
-    until("a quarter of the ring delivered", || sim.state.accepted.load(Ordering::Relaxed) >= 5_000).await;
+    until("a quarter of the ring delivered", || accepted_all(&sim) >= 5_000).await;
     daemon.kill9();
-    let at_kill = sim.state.accepted.load(Ordering::Relaxed);
+    let at_kill = accepted_all(&sim);
     let t0 = Instant::now();
     let daemon = Daemon::spawn(&cfg, d);
     let outcome = obs.ring_outcome().await;
@@ -51,18 +82,19 @@ async fn kill_9_or_sigterm_mid_ring_then_restart_delivers_every_phone() {
     assert_eq!(outcome["delivered"].as_i64(), Some(20_000), "{outcome}");
     assert_eq!(outcome["pending"].as_i64(), Some(0));
     let dups = duplicates(&sim, &tokens);
-    // Only what was in flight (4 connections x 200 streams) or answered but not yet written
-    // (one outcome batch) at the moment of the crash can go twice.
-    assert!(dups <= 4 * 200 + 2048, "{dups} duplicates");
+    // Only what was in flight (4 APNs connections x 200 streams, the FCM and Web Push windows)
+    // or answered but not yet written (one outcome batch each) at the moment of the crash can
+    // go twice.
+    assert!(dups <= 4 * 200 + 2 * 1000 + 3 * 2048, "{dups} duplicates");
     println!(
         "kill -9 after {at_kill} accepted: {} delivered, {dups} duplicates, recovered in {recovered:?}",
         outcome["delivered"]
     );
 
     // Phase 2: SIGTERM mid-ring exits 0 and leaves the rest for the next start.
-    let before = sim.state.accepted.load(Ordering::Relaxed);
+    let before = accepted_all(&sim);
     obs.press("back", dingdong::domain::now_ms()).await;
-    until("the second ring under way", || sim.state.accepted.load(Ordering::Relaxed) >= before + 3_000).await;
+    until("the second ring under way", || accepted_all(&sim) >= before + 3_000).await;
     assert_eq!(daemon.terminate(), Some(0));
     let store = Store::open(&d.join("dingdong.db")).unwrap();
     let ring = store.recent_rings(1).unwrap().remove(0);
@@ -129,18 +161,21 @@ async fn apples_bad_days_still_deliver_everything() {
     let d = dir.path();
     let broker = Mosquitto::start(d);
     let faults = Faults { fail_rate: 0.05, goaway_after: 1_000, latency: Duration::from_millis(50), drop_after: 0 };
-    let sim = start_sim_with(d, faults, 1000).await;
+    let sim = start_push_sim(d, faults, 1000, MIXED_EACH, false).await;
     let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
-    let tokens = household(&cfg, d, 5_000);
+    let tokens = mixed_household(&cfg, d, &sim);
     let daemon = Daemon::spawn(&cfg, d);
     let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
     obs.wait_online().await;
     let t0 = Instant::now();
     obs.press("front", dingdong::domain::now_ms()).await;
     let outcome = obs.ring_outcome().await;
-    assert_eq!(outcome["delivered"].as_i64(), Some(5_000), "{outcome}");
+    assert_eq!(outcome["delivered"].as_i64(), Some(20_000), "{outcome}");
     let dups = duplicates(&sim, &tokens);
-    println!("5% 500/503 + GOAWAY every 1000 + 50 ms: 5000/5000 delivered in {:?}, {dups} duplicates", t0.elapsed());
+    println!(
+        "5% 429/500/503 + GOAWAY every 1000 + 50 ms, 16,000 APNs + 2,000 FCM + 2,000 Web Push: 20000/20000 delivered in {:?}, {dups} duplicates",
+        t0.elapsed()
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -6,8 +6,10 @@
 
 mod locate;
 mod ops;
+mod push;
 
 pub use ops::{Bridges, History, Metrics};
+pub use push::{Fcm, WebPush};
 
 use serde::Deserialize;
 use std::fmt;
@@ -77,6 +79,10 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub bridges: Bridges,
+    /// Android phones (FCM HTTP v1), when set.
+    pub fcm: Option<Fcm>,
+    /// Browsers (Web Push), when set.
+    pub webpush: Option<WebPush>,
     /// The file this was read from, so later errors can name it.
     #[serde(skip)]
     pub file: PathBuf,
@@ -286,7 +292,7 @@ impl Default for Ring {
 fn default_keep_alive() -> Span {
     Span(Duration::from_secs(30))
 }
-fn default_request_timeout() -> Span {
+pub(crate) fn default_request_timeout() -> Span {
     Span(Duration::from_secs(10))
 }
 fn default_max_streams() -> u32 {
@@ -371,6 +377,7 @@ impl Config {
                 p.iter_mut().for_each(fix);
             }
         }
+        self.resolve_push_paths(base);
     }
 
     /// Checks what serde cannot: value ranges, combinations, URL shapes.
@@ -550,7 +557,8 @@ impl Config {
         if self.ring.debounce.0 >= self.ring.expiry.0 {
             return Err(self.err("ring.debounce", "must be shorter than ring.expiry", "use a few seconds: \"3s\""));
         }
-        self.validate_ops()
+        self.validate_ops()?;
+        self.validate_push()
     }
 
     /// Where the pair button's code goes: `pairing.code_file`, or beside the database.
@@ -591,6 +599,7 @@ impl Config {
                 }
             }
         }
+        files.extend(self.push_files());
         for (key, path, fix) in files {
             if let Err(e) = crate::domain::files::read_bounded(path, crate::domain::files::MAX_SMALL_FILE) {
                 return Err(self.err(key, format!("cannot read {}: {e}", path.display()), fix));
@@ -619,6 +628,7 @@ impl Config {
                 }
             }
         }
+        v.extend(self.push_secret_files());
         v
     }
 
@@ -703,10 +713,10 @@ pub fn parse_https_endpoint(url: &str) -> Option<(String, u16)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [gateway]
 id = "gw-1"
 database = "state/dingdong.db"
@@ -727,7 +737,7 @@ expiry = "5m"
 debounce = "3s"
 "#;
 
-    fn parse(t: &str) -> Result<Config, String> {
+    pub(super) fn parse(t: &str) -> Result<Config, String> {
         Config::parse(t, Path::new("/etc/dd/config.toml")).map_err(|e| e.to_string())
     }
 

@@ -10,7 +10,7 @@ use crate::codec::homeassistant as ha;
 use crate::net::mqtt::Subscription;
 use crate::service::intake::{HaSettings, Intake};
 use crate::service::metrics::{Live, Metrics};
-use crate::service::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport};
+use crate::service::outbox::{Outbox, OutboxSettings, RetryPolicy, Transport, Transports};
 use crate::service::pairing::{Pairing, Settings as PairingSettings};
 use crate::service::publisher::Publisher;
 use crate::service::ringer::{IntakeStats, RingRules, Ringer};
@@ -78,6 +78,12 @@ pub fn transport(cfg: &Config) -> Result<Transport, settings::SettingsError> {
     })
 }
 
+/// Builds every transport the configuration asks for: APNs, and FCM and Web Push when
+/// their tables are there.
+pub fn transports(cfg: &Config) -> Result<Transports, settings::SettingsError> {
+    Ok(Transports { apns: transport(cfg)?, fcm: settings::fcm(cfg)?, webpush: settings::webpush(cfg)? })
+}
+
 fn outbox_settings(cfg: &Config) -> OutboxSettings {
     OutboxSettings {
         topic: cfg.apns.topic.as_str().into(),
@@ -123,7 +129,7 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     let _instance = InstanceLock::acquire(&cfg.gateway.database)?;
     let store = Store::open(&cfg.gateway.database)?;
     store.check_integrity()?;
-    let transport = transport(&cfg)?;
+    let transport = transports(&cfg)?;
     // The legacy transport's stale tokens also come from the feedback service.
     let feedback = settings::feedback(&cfg)?;
     let store = StoreHandle::spawn(store);
@@ -305,7 +311,7 @@ impl Running {
                 return old;
             }
         };
-        let transport = match transport(&new) {
+        let transport = match transports(&new) {
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "reload refused: the running configuration stays");

@@ -3,6 +3,8 @@
 //! the database is opened read-only, the broker sees a clean session with no will, and APNs
 //! sees one push to a deliberately invalid token.
 
+mod push;
+
 use crate::app::config::Config;
 use crate::app::service_user;
 use crate::domain::Reason;
@@ -194,6 +196,9 @@ pub async fn run(path: &Path) -> Report {
     } else {
         checks.push(Check::warn("apns", "not tried", "credentials unreadable", "fix the files check above first"));
     }
+    if files_ok {
+        push::check(&cfg, &mut checks).await;
+    }
     let ok = checks.iter().all(|c| c.level != Level::Fail);
     Report { config: path.into(), gateway: Some(cfg.gateway.id.clone()), ok, checks, rings }
 }
@@ -236,6 +241,7 @@ fn files(cfg: &Config, checks: &mut Vec<Check>) -> bool {
             }
         }
     }
+    named.extend(cfg.push_files().into_iter().map(|(k, p, _)| (k, p)));
     for (k, p) in [
         ("apns.ca_file", &cfg.apns.ca_file),
         ("mqtt.ca_file", &cfg.mqtt.ca_file),

@@ -7,11 +7,16 @@ use super::config::{
     parse_host_port, parse_https_endpoint, BinaryFormat, CertificateAuth, Config, MqttProtocol, Transport,
 };
 use crate::codec::apns_binary::frames::Format;
+use crate::codec::push::fcm as fcm_codec;
+use crate::codec::push::vapid::{Subject, VapidKey};
 use crate::net::apns::auth::{AuthError, ClientIdentity, JwtMinter};
 use crate::net::apns::binary::feedback::FeedbackClient;
 use crate::net::apns::binary::{BinaryError, BinarySender, BinarySettings};
 use crate::net::apns::http2::{Credentials, Http2Client, Http2Error, Http2Settings};
+use crate::net::fcm::{FcmClient, FcmSettings};
+use crate::net::https::HttpsSettings;
 use crate::net::mqtt::{MqttError, MqttSettings, Protocol, Subscription};
+use crate::net::webpush::{WebPushClient, WebPushSettings};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +33,69 @@ pub enum SettingsError {
     Mqtt(#[from] MqttError),
     #[error("{key}: {problem}")]
     Missing { key: &'static str, problem: &'static str },
+    #[error("{key} {path}: {problem}")]
+    File { key: &'static str, path: String, problem: String },
+    #[error("FCM client: {0}")]
+    Fcm(#[from] crate::net::fcm::FcmError),
+    #[error("Web Push client: {0}")]
+    WebPush(#[from] crate::net::webpush::WebPushError),
+}
+
+fn read_key(key: &'static str, path: &std::path::Path, limit: usize) -> Result<String, SettingsError> {
+    let file = |problem: String| SettingsError::File { key, path: path.display().to_string(), problem };
+    let bytes = crate::domain::files::read_bounded(path, limit as u64).map_err(|e| file(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| file("not UTF-8 text".into()))
+}
+
+/// The FCM transport `[fcm]` describes, if the table is there.
+pub fn fcm(cfg: &Config) -> Result<Option<FcmClient>, SettingsError> {
+    let Some(f) = &cfg.fcm else { return Ok(None) };
+    let key = "fcm.service_account_file";
+    let text = read_key(key, &f.service_account_file, fcm_codec::MAX_KEY_FILE)?;
+    let file =
+        |problem: String| SettingsError::File { key, path: f.service_account_file.display().to_string(), problem };
+    let mut account = fcm_codec::ServiceAccount::from_json(text.as_bytes()).map_err(|e| file(e.to_string()))?;
+    if let Some(id) = &f.project_id {
+        account = account.with_project_id(id).map_err(|e| file(e.to_string()))?;
+    }
+    let https = HttpsSettings {
+        ca_file: f.ca_file.clone(),
+        clients: f.max_connections as usize,
+        request_timeout: f.request_timeout.0,
+        ..HttpsSettings::default()
+    };
+    Ok(Some(FcmClient::new(FcmSettings {
+        account,
+        endpoint: f.endpoint.clone(),
+        channel_id: f.channel_id.clone(),
+        https,
+    })?))
+}
+
+/// The VAPID key of `[webpush] vapid_key_file`.
+pub fn vapid_key(path: &std::path::Path) -> Result<VapidKey, SettingsError> {
+    let key = "webpush.vapid_key_file";
+    let text = read_key(key, path, crate::codec::push::vapid::MAX_KEY_FILE)?;
+    VapidKey::from_pem(&text).map_err(|e| SettingsError::File {
+        key,
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })
+}
+
+/// The Web Push transport `[webpush]` describes, if the table is there.
+pub fn webpush(cfg: &Config) -> Result<Option<WebPushClient>, SettingsError> {
+    let Some(w) = &cfg.webpush else { return Ok(None) };
+    let key = vapid_key(&w.vapid_key_file)?;
+    let subject = Subject::parse(&w.subject)
+        .map_err(|_| SettingsError::Missing { key: "webpush.subject", problem: "not a mailto: or https: contact" })?;
+    let https = HttpsSettings {
+        ca_file: w.ca_file.clone(),
+        h1_connections: w.max_connections as usize,
+        request_timeout: w.request_timeout.0,
+        ..HttpsSettings::default()
+    };
+    Ok(Some(WebPushClient::new(WebPushSettings { key, subject, https })?))
 }
 
 /// The client certificate `[apns.certificate]` names, in whichever form.

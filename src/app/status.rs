@@ -27,6 +27,14 @@ pub fn line(f: &Facts) -> String {
     if let Some(reason) = &f.status.transport {
         parts.push(format!("APNs stopped: {reason} (fix the push credentials, then systemctl reload dingdong)"));
     }
+    for (platform, reason) in &f.status.push_stopped {
+        let name = match platform.as_str() {
+            "fcm" => "FCM",
+            "webpush" => "Web Push",
+            other => other,
+        };
+        parts.push(format!("{name} stopped: {reason} (fix [{platform}] credentials, then systemctl reload dingdong)"));
+    }
     if let Some((problem, since)) = &f.status.store {
         parts.push(format!("store failing since {}: {problem} (presses are kept and retried)", clock(*since)));
     }
@@ -127,10 +135,12 @@ mod tests {
     fn problems_come_first_and_say_why() {
         let status = Status {
             transport: Some("InvalidProviderToken".into()),
+            push_stopped: vec![("fcm".into(), "Credentials(403 PERMISSION_DENIED)".into())],
             store: Some(("database is locked".into(), 1_795_000_000_000)),
         };
         let l = line(&Facts { doorbells: 1, phones: 1, last_ring: None, status });
         assert!(l.starts_with("APNs stopped: InvalidProviderToken (fix the push credentials"), "{l}");
+        assert!(l.contains("; FCM stopped: Credentials(403 PERMISSION_DENIED) (fix [fcm] credentials"), "{l}");
         assert!(l.contains("; store failing since 2026-11-18 11:06:40 UTC: database is locked"), "{l}");
         assert!(!l.contains("ready") && !l.contains('\n'), "{l}");
     }

@@ -6,7 +6,6 @@ pub mod household;
 pub mod ids;
 pub mod mem;
 pub mod outcome;
-pub mod platform;
 pub mod press;
 pub mod state;
 pub mod time;
@@ -14,8 +13,7 @@ pub mod timing;
 pub mod token;
 
 pub use ids::{check_id, check_name, check_name_within, check_text, printable, valid_id, NameError, NAME_MAX};
-pub use outcome::{Message, Outcome, Reason, Target};
-pub use platform::Platform;
+pub use outcome::{short_endpoint, Address, Message, Notice, Outcome, Platform, Reason, Target, WebPushKeys};
 pub use press::{ButtonPress, Source};
 pub use state::{PhoneState, RingState};
 pub use time::{now_ms, now_us};

@@ -86,6 +86,8 @@ struct Memory {
     ha: homeassistant::Announced,
     logged: HashSet<String>,
     transport_reported: Option<String>,
+    /// The FCM and Web Push transports last reported stopped.
+    push_reported: Vec<(String, String)>,
 }
 
 impl Intake {
@@ -317,10 +319,20 @@ impl Intake {
     /// A transport stopped by the push service's refusal of our credentials is announced on
     /// the retained `P/status`, so a technician sees it without reading logs.
     fn report_transport(&self, mem: &mut Memory) {
-        let now = self.outbox.transport().stopped().map(|r| r.to_string());
-        if now != mem.transport_reported {
-            self.publisher.set_status(|s| s.transport = now.clone());
+        let stopped = self.outbox.transports().stopped();
+        let now = stopped.iter().find(|(p, _)| *p == crate::domain::Platform::Apns).map(|(_, r)| r.to_string());
+        let push: Vec<(String, String)> = stopped
+            .iter()
+            .filter(|(p, _)| *p != crate::domain::Platform::Apns)
+            .map(|(p, r)| (p.as_str().to_string(), r.to_string()))
+            .collect();
+        if now != mem.transport_reported || push != mem.push_reported {
+            self.publisher.set_status(|s| {
+                s.transport = now.clone();
+                s.push_stopped = push.clone();
+            });
             mem.transport_reported = now;
+            mem.push_reported = push;
         }
     }
 }

@@ -5,7 +5,7 @@
 //! time. Rendered in the Prometheus text format by `prometheus-client`; served by
 //! `net::scrape`.
 
-use crate::domain::{Environment, PhoneState, Reason, RingState, Source};
+use crate::domain::{Environment, PhoneState, Platform, Reason, RingState, Source};
 use crate::service::publisher::PublishStats;
 use crate::service::ringer::IntakeStats;
 use prometheus_client::collector::Collector;
@@ -173,19 +173,32 @@ impl Metrics {
         self.presses.get_or_create(&SourceLabel { source: source.as_str() }).inc();
     }
 
-    /// A phone's final outcome, as recorded.
-    pub fn notification(&self, platform: &'static str, env: Environment, state: PhoneState, reason: Option<&Reason>) {
+    /// A phone's final outcome, as recorded, under its own platform.
+    pub fn notification(&self, platform: Platform, env: Environment, state: PhoneState, reason: Option<&Reason>) {
+        self.notifications_n(platform, env, state, reason, 1);
+    }
+
+    /// `n` phones' final outcomes alike (a batch's deliveries are counted at once: the
+    /// labels are looked up once, not once per phone of a building).
+    pub fn notifications_n(
+        &self,
+        platform: Platform,
+        env: Environment,
+        state: PhoneState,
+        reason: Option<&Reason>,
+        n: u64,
+    ) {
         let labels = NotificationLabels {
-            platform,
+            platform: platform.as_str(),
             environment: env.as_str(),
             outcome: state.as_str(),
             reason: reason_label(reason),
         };
-        self.notifications.get_or_create(&labels).inc();
+        self.notifications.get_or_create(&labels).inc_by(n);
     }
 
-    pub fn retry(&self, platform: &'static str, reason: Option<&Reason>) {
-        self.retries.get_or_create(&RetryLabels { platform, reason: reason_label(reason) }).inc();
+    pub fn retry(&self, platform: Platform, reason: Option<&Reason>) {
+        self.retries.get_or_create(&RetryLabels { platform: platform.as_str(), reason: reason_label(reason) }).inc();
     }
 
     pub fn ring_finished(&self, state: RingState) {
@@ -322,9 +335,11 @@ mod tests {
         });
         m.press(Source::Rtl433);
         m.press(Source::Rtl433);
-        m.notification("apns", Environment::Production, PhoneState::Delivered, None);
-        m.notification("apns", Environment::Sandbox, PhoneState::Pruned, Some(&Reason::Unregistered));
-        m.retry("apns", Some(&Reason::Other("Teapot".into())));
+        m.notification(Platform::Apns, Environment::Production, PhoneState::Delivered, None);
+        m.notification(Platform::Apns, Environment::Sandbox, PhoneState::Pruned, Some(&Reason::Unregistered));
+        m.notification(Platform::Fcm, Environment::Production, PhoneState::Delivered, None);
+        m.retry(Platform::Apns, Some(&Reason::Other("Teapot".into())));
+        m.retry(Platform::Webpush, Some(&Reason::Connection("reset".into())));
         m.answers(Some(4), Some(7));
         m.delivery_started(3);
         m.settled(2);
@@ -339,6 +354,15 @@ mod tests {
             "{t}"
         );
         assert_eq!(sample(&t, "dingdong_notification_retries_total{platform=\"apns\",reason=\"Other\"}"), Some(1.0));
+        assert_eq!(
+            sample(&t, "dingdong_notifications_total{platform=\"fcm\",environment=\"production\",outcome=\"delivered\",reason=\"none\"}"),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "dingdong_notification_retries_total{platform=\"webpush\",reason=\"Connection\"}"),
+            Some(1.0)
+        );
         assert_eq!(sample(&t, "dingdong_press_to_last_answer_seconds_count"), Some(1.0), "{t}");
         assert_eq!(sample(&t, "dingdong_press_to_last_answer_seconds_bucket{le=\"0.01\"}"), Some(1.0), "{t}");
         assert_eq!(sample(&t, "dingdong_outbox_pending_phones"), Some(1.0), "{t}");

@@ -46,8 +46,10 @@ pub struct PublishStats {
 /// What `P/status` says, composed from the parts that know.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
-    /// The transport stopped by the push service's refusal of our credentials, and why.
+    /// The APNs transport stopped by Apple's refusal of our credentials, and why.
     pub transport: Option<String>,
+    /// The FCM and Web Push transports stopped likewise: `(platform, why)`.
+    pub push_stopped: Vec<(String, String)>,
     /// The store's current fault (busy, full, I/O error) and since when (ms).
     pub store: Option<(String, i64)>,
 }
@@ -166,6 +168,10 @@ impl Publisher {
             v["reason"] = reason.into();
             v["fix"] =
                 "check the push credentials, then `systemctl reload dingdong` (dingdong diag tells which)".into();
+        }
+        for (platform, reason) in &s.push_stopped {
+            v[platform.as_str()] = serde_json::json!({"state": "stopped", "reason": reason,
+                "fix": "check the push credentials, then `systemctl reload dingdong` (dingdong diag tells which)"});
         }
         if let Some((problem, since)) = s.store {
             v["store"] = serde_json::json!({"problem": problem, "since": since,

@@ -167,7 +167,7 @@ impl Store {
     /// Phones whose last push failed (not delivered, not merely retried).
     pub fn failing_phones(&self) -> Result<Vec<FailingPhone>> {
         let mut st = self.conn.prepare(
-            "SELECT p.id, u.name, p.token, p.environment, p.last_outcome, p.last_outcome_at
+            "SELECT p.id, u.name, p.token, p.environment, p.last_outcome, p.last_outcome_at, p.platform
              FROM phones p JOIN users u ON u.id = p.user_id
              WHERE p.last_outcome IS NOT NULL AND p.last_outcome NOT LIKE 'delivered%'
                    AND p.last_outcome NOT LIKE 'retry%' AND p.last_outcome NOT LIKE 'pending%'
@@ -175,10 +175,12 @@ impl Store {
         )?;
         let rows = st.query_map([], |r| {
             let token: String = r.get(2)?;
+            let platform: String = r.get(6)?;
+            let platform = crate::domain::Platform::parse(&platform).unwrap_or(crate::domain::Platform::Apns);
             Ok(FailingPhone {
                 phone_id: r.get(0)?,
                 user: r.get(1)?,
-                token: crate::domain::short_token(&token).to_string(),
+                token: super::rings::short_key(platform, &token),
                 environment: r.get(3)?,
                 last_outcome: r.get(4)?,
                 at: r.get(5)?,

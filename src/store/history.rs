@@ -175,8 +175,7 @@ mod tests {
         let row = |seq: usize, outcome| OutcomeRow {
             seq: seq as i64,
             phone_id: t[seq].phone_id,
-            token: t[seq].token.clone(),
-            environment: t[seq].environment,
+            address: t[seq].address.clone(),
             outcome,
         };
         let mut batch =

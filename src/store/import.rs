@@ -1,10 +1,12 @@
-//! Phone registration, one at a time or in bulk (`phone import`): one token a line for one
-//! user, or the `user,token` CSV of an older push table (`client_id,deviceToken`). A bulk
-//! import is one transaction: it lands whole or not at all.
+//! Phone registration in bulk (`phone import`): one phone a line for one user, or the
+//! `user,token` CSV of an older push table (`client_id,deviceToken`). A line is an APNs token,
+//! an FCM registration token or a Web Push subscription's JSON (see
+//! [`Registration::guess`]). A bulk import is one transaction: it lands whole or not at all.
 
+use super::phones::{upsert, Registration};
 use super::{Result, Store, StoreError, Upsert};
-use crate::domain::{normalize_token, Environment};
-use rusqlite::{params, OptionalExtension, Transaction};
+use crate::domain::Environment;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -17,35 +19,6 @@ pub struct ImportReport {
     pub users_created: usize,
     /// `(line number, why)` of every refused line.
     pub rejected: Vec<(usize, String)>,
-}
-
-pub(crate) fn upsert_phone(
-    tx: &Transaction,
-    user_id: i64,
-    token: &str,
-    env: Environment,
-    topic: Option<&str>,
-    name: Option<&str>,
-    now: i64,
-) -> Result<Upsert> {
-    let existing: Option<i64> = tx
-        .prepare_cached("SELECT id FROM phones WHERE user_id = ?1 AND token = ?2")?
-        .query_row(params![user_id, token], |r| r.get(0))
-        .optional()?;
-    match existing {
-        Some(id) => {
-            tx.prepare_cached(
-                "UPDATE phones SET environment = ?2, topic = COALESCE(?3, topic), name = COALESCE(?4, name), registered_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, env.as_str(), topic, name, now])?;
-            Ok(Upsert::Updated(id))
-        }
-        None => {
-            tx.prepare_cached("INSERT INTO phones (user_id, token, environment, topic, name, registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                .execute(params![user_id, token, env.as_str(), topic, name, now])?;
-            Ok(Upsert::Added(tx.last_insert_rowid()))
-        }
-    }
 }
 
 /// How the lines of an import file are read.
@@ -90,7 +63,7 @@ impl Store {
                         continue;
                     };
                     let (user, token) = (user.trim().trim_matches('"'), token.trim().trim_matches('"'));
-                    if lineno == 1 && normalize_token(token).is_err() {
+                    if lineno == 1 && Registration::guess(token, env).is_err() {
                         continue; // a header such as client_id,deviceToken
                     }
                     if let Err(e) = crate::domain::check_id("user", user) {
@@ -121,8 +94,8 @@ impl Store {
                     (uid, token)
                 }
             };
-            match normalize_token(raw) {
-                Ok(token) => match upsert_phone(&tx, uid, &token, env, None, None, now)? {
+            match Registration::guess(raw, env) {
+                Ok(reg) => match upsert(&tx, uid, &reg, None, None, now)? {
                     Upsert::Added(_) => report.added += 1,
                     Upsert::Updated(_) => report.updated += 1,
                 },

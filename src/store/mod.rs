@@ -12,6 +12,7 @@ pub mod handle;
 pub mod history;
 pub mod import;
 pub mod pairing;
+pub mod phones;
 pub mod presses;
 pub mod recipients;
 pub mod rings;
@@ -20,7 +21,7 @@ pub mod states;
 
 pub use handle::StoreHandle;
 
-use crate::domain::{normalize_token, Environment, TokenError};
+use crate::domain::{Environment, TokenError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -75,7 +76,7 @@ pub struct PhoneRow {
     pub user: String,
     /// `apns`, `fcm` or `webpush`.
     pub platform: String,
-    /// The APNs or FCM token, or a Web Push endpoint.
+    /// The APNs token in hex, the FCM token, or the Web Push endpoint.
     pub token: String,
     pub environment: String,
     pub topic: Option<String>,
@@ -377,15 +378,7 @@ impl Store {
         topic: Option<&str>,
         name: Option<&str>,
     ) -> Result<Upsert> {
-        let token = normalize_token(raw_token)?;
-        if let Some(n) = name {
-            crate::domain::check_name(n).map_err(|e| StoreError::Invalid(format!("phone name: {e}")))?;
-        }
-        let uid = self.user_id(user)?;
-        let tx = self.conn.transaction()?;
-        let r = import::upsert_phone(&tx, uid, &token, env, topic, name, crate::domain::now_ms())?;
-        tx.commit()?;
-        Ok(r)
+        self.register_phone(user, &phones::Registration::apns(raw_token, env)?, topic, name)
     }
 
     pub fn list_phones(&self) -> Result<Vec<PhoneRow>> {
@@ -409,17 +402,10 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Removes every registration of a token; returns how many.
+    /// Removes every registration of a token (APNs, FCM, or a Web Push endpoint or
+    /// subscription); returns how many.
     pub fn remove_phone(&mut self, raw_token: &str) -> Result<usize> {
-        let token = normalize_token(raw_token)?;
-        let n = self.conn.execute("DELETE FROM phones WHERE token = ?1", [&token])?;
-        if n == 0 {
-            return Err(StoreError::NotFound {
-                kind: "phone with token",
-                id: crate::domain::short_token(&token).to_string() + "…",
-            });
-        }
-        Ok(n)
+        self.unregister_phone(raw_token)
     }
 
     /// The phones a press of `doorbell` reaches: the owner's and every shared user's, each
@@ -467,9 +453,9 @@ mod tests {
         s.add_phone("friend", &tok(1), Environment::Production, None, None).unwrap();
         s.add_phone("outsider", &tok(4), Environment::Production, None, None).unwrap();
         let r = s.recipients("front").unwrap();
-        let tokens: Vec<String> = r.iter().map(|r| r.token.hex()).collect();
+        let tokens: Vec<String> = r.iter().map(|r| r.address.key()).collect();
         assert_eq!(tokens, vec![tok(1), tok(2), tok(3)]);
-        assert_eq!(r[1].environment, Environment::Sandbox);
+        assert_eq!(r[1].address.environment(), Environment::Sandbox);
         s.unshare("front", "friend").unwrap();
         assert_eq!(s.recipients("front").unwrap().len(), 2);
     }

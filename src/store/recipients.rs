@@ -5,7 +5,7 @@
 //! ([`KeptRecipients`]) while nothing changed who a press reaches.
 
 use super::{Result, Store};
-use crate::domain::{Environment, Target, Token};
+use crate::domain::{Address, Environment, Target, Token};
 use rusqlite::params;
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPhone {
     pub phone_id: i64,
-    pub token: Token,
-    pub environment: Environment,
+    pub address: Address,
+    /// The app's bundle id, for an iPhone whose app differs from `apns.topic`.
     pub topic: Option<String>,
 }
 
@@ -52,10 +52,8 @@ impl Recipients {
         } else {
             Topics::PerPhone(Arc::new(phones.iter().map(|p| p.topic.clone()).collect()))
         };
-        let mut targets: Vec<Target> = phones
-            .into_iter()
-            .map(|p| Target { phone_id: p.phone_id, token: p.token, environment: p.environment })
-            .collect();
+        let mut targets: Vec<Target> =
+            phones.into_iter().map(|p| Target { phone_id: p.phone_id, address: p.address }).collect();
         // Collected in place, the buffer keeps the size of the phones; hand the rest back.
         targets.shrink_to_fit();
         Recipients { targets: Arc::new(targets), topics }
@@ -99,9 +97,7 @@ fn users_of(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<i64>> {
 
 /// How many phones `users` have (a token shared by two users counts twice).
 fn phones_of(conn: &rusqlite::Connection, users: &[i64]) -> Result<usize> {
-    let mut count = conn.prepare_cached(
-        "SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1 AND platform = 'apns'",
-    )?;
+    let mut count = conn.prepare_cached("SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
     let mut total = 0usize;
     for user in users {
         total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
@@ -117,12 +113,11 @@ pub(crate) fn recipients_bound(conn: &rusqlite::Connection, doorbell: &str) -> R
 
 /// Calls `f` with every phone of `users` in phone-id order, each token once (the oldest
 /// registration wins). Each user's phones are read in id order through `phones_user` and
-/// merged, so a building of 120,000 phones is one sequential pass with no sort in SQLite. Only
-/// APNs phones for now: a paired FCM or Web Push phone is kept, and reached once its
-/// transport exists.
+/// merged, so a building of 120,000 phones is one sequential pass with no sort in SQLite.
+/// Phones of every platform: the outbox splits them by transport.
 fn each_recipient(conn: &rusqlite::Connection, users: &[i64], f: &mut dyn FnMut(JobPhone) -> Result<()>) -> Result<()> {
-    const SQL: &str = "SELECT id, token, environment, topic FROM phones INDEXED BY phones_user
-                       WHERE user_id = ?1 AND platform = 'apns' ORDER BY id";
+    const SQL: &str = "SELECT id, token, environment, topic, platform, subscription FROM phones
+                       INDEXED BY phones_user WHERE user_id = ?1 ORDER BY id";
     let mut stmts = Vec::with_capacity(users.len());
     for _ in users {
         stmts.push(conn.prepare_cached(SQL)?);
@@ -144,30 +139,42 @@ fn each_recipient(conn: &rusqlite::Connection, users: &[i64], f: &mut dyn FnMut(
             return Ok(());
         };
         let phone = std::mem::replace(&mut heads[k], next_phone(&mut rows[k])?).expect("a head was found");
-        if seen.as_mut().is_none_or(|s| s.insert(phone.token.clone())) {
+        if seen.as_mut().is_none_or(|s| s.insert(phone.address.clone())) {
             f(phone)?;
         }
     }
 }
 
-/// The next phone of a user's rows; a token that is not hex (a row edited by hand: every way
-/// in validates tokens) is skipped, not sent.
+/// The next phone of a user's rows; a row no way in would have written (edited by hand: every
+/// way in validates tokens) is skipped, not sent.
 fn next_phone(rows: &mut rusqlite::Rows<'_>) -> Result<Option<JobPhone>> {
     while let Some(r) = rows.next()? {
-        let hex = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-        let Some(token) = Token::from_hex(hex) else {
-            tracing::warn!(phone = r.get::<_, i64>(0)?, "a phone's token in the database is not hex: skipped");
+        let Some(address) = address_of(r)? else {
+            tracing::warn!(phone = r.get::<_, i64>(0)?, "a phone's token in the database is not usable: skipped");
             continue;
         };
-        return Ok(Some(JobPhone {
-            phone_id: r.get(0)?,
-            token,
-            environment: Environment::parse(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)
-                .unwrap_or(Environment::Production),
-            topic: r.get(3)?,
-        }));
+        return Ok(Some(JobPhone { phone_id: r.get(0)?, address, topic: r.get(3)? }));
     }
     Ok(None)
+}
+
+/// The address of a phones row read as `id, token, environment, topic, platform, subscription`;
+/// `None` for a row no way in would have written (edited by hand).
+fn address_of(r: &rusqlite::Row) -> Result<Option<Address>> {
+    let text = |i| r.get_ref(i).and_then(|v| v.as_str().map_err(rusqlite::Error::from));
+    let token = text(1)?;
+    Ok(match text(4)? {
+        "apns" => Token::from_hex(token).map(|token| Address::Apns {
+            token,
+            environment: Environment::parse(text(2).unwrap_or("")).unwrap_or(Environment::Production),
+        }),
+        "fcm" => Some(Address::Fcm(token.into())),
+        "webpush" => {
+            let json: Option<String> = r.get(5)?;
+            json.and_then(|j| super::phones::webpush_keys(j.as_bytes()).ok()).map(|k| Address::WebPush(Arc::new(k)))
+        }
+        _ => None,
+    })
 }
 
 /// The phones a press of `doorbell` reaches, on a connection or inside a transaction, in
@@ -390,7 +397,7 @@ mod tests {
         let (all, sent) =
             s.read_recipients("none", "building", &mut |_, _| panic!("a small list comes whole")).unwrap();
         assert_eq!(sent, 0);
-        let tokens: Vec<String> = all.targets.iter().map(|t| t.token.hex()).collect();
+        let tokens: Vec<String> = all.targets.iter().map(|t| t.token().hex()).collect();
         assert_eq!(tokens, (0..6).map(tok).collect::<Vec<_>>());
         let ids: Vec<i64> = all.targets.iter().map(|t| t.phone_id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));

@@ -5,7 +5,7 @@
 use super::recipients::{recipients_bound, KeptRecipients, READ_LATER_FROM};
 pub use super::recipients::{recipients_on, JobPhone, Recipients, Topics};
 use super::{Result, Store};
-use crate::domain::{Environment, Outcome, PhoneState, RingState, Token};
+use crate::domain::{Address, Outcome, PhoneState, Platform, RingState};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
@@ -74,10 +74,12 @@ pub struct RingSummary {
     pub expired: i64,
 }
 
-/// One phone's line of a ring outcome (published with the token shortened to 8 hex characters).
+/// One phone's line of a ring outcome (published with the token shortened: 8 characters of a
+/// token, the host and 8 characters of a Web Push endpoint).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PhoneOutcome {
     pub phone_id: i64,
+    pub platform: Platform,
     pub token: String,
     pub environment: String,
     pub state: PhoneState,
@@ -92,15 +94,20 @@ pub struct Latency {
     pub all: Option<i64>,
 }
 
+/// What a report may show of a phone's `token` column.
+pub fn short_key(platform: Platform, key: &str) -> String {
+    match platform {
+        Platform::Webpush => crate::domain::short_endpoint(key),
+        _ => key.chars().take(8).collect(),
+    }
+}
+
 /// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
 #[derive(Debug, Clone)]
 pub struct OutcomeRow {
     pub seq: i64,
     pub phone_id: i64,
-    pub token: Token,
-    /// The phone's environment as the job had it (for the outbox's counts; the store reads it
-    /// from the phone).
-    pub environment: Environment,
+    pub address: Address,
     pub outcome: Outcome,
 }
 
@@ -119,8 +126,8 @@ struct Settled {
     /// Deliveries recorded as runs of phone ids, `(lo, hi)` sorted by `lo`.
     runs: Vec<(i64, i64)>,
     run_phones: i64,
-    /// Phone id -> `(token, environment, state, reason)` of every other final outcome.
-    outcomes: std::collections::HashMap<i64, (String, String, PhoneState, Option<String>)>,
+    /// Phone id -> `(token, environment, state, reason, platform)` of every other final outcome.
+    outcomes: std::collections::HashMap<i64, (String, String, PhoneState, Option<String>, Platform)>,
 }
 
 impl Settled {
@@ -268,22 +275,24 @@ impl Store {
                 i = j + 1;
             }
             let mut add_outcome = tx.prepare_cached(
-                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, (SELECT environment FROM phones WHERE id = ?2), ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
+                 VALUES (?1, ?2, ?3, (SELECT environment FROM phones WHERE id = ?2), ?4, ?5, ?6, ?7)",
             )?;
             let mut set_problem = tx.prepare_cached(
                 "UPDATE phones SET last_outcome = ?2, last_outcome_at = ?3 WHERE id = ?1 AND last_outcome IS NOT ?2",
             )?;
-            let mut prune =
-                tx.prepare_cached("DELETE FROM phones WHERE token = ?1 AND (?2 IS NULL OR registered_at <= ?2)")?;
+            let mut prune = tx.prepare_cached(
+                "DELETE FROM phones WHERE token = ?1 AND platform = ?3 AND (?2 IS NULL OR registered_at <= ?2)",
+            )?;
             for row in batch.iter().filter(|r| r.outcome != Outcome::Delivered) {
                 let reason = row.outcome.reason().map(|r| r.to_string());
                 let mut state = row.outcome.state();
-                let token = row.token.hex();
+                let token = row.address.key();
+                let platform = row.address.platform();
                 // Written before a prune deletes the phone (the environment comes from it).
-                add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now])?;
+                add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now, platform])?;
                 if let Outcome::Prune { since, .. } = &row.outcome {
-                    if prune.execute(params![token, since])? > 0 {
+                    if prune.execute(params![token, since, platform])? > 0 {
                         rec.pruned += 1;
                     } else {
                         rec.kept += 1;
@@ -316,10 +325,10 @@ impl Store {
             run_phones += r.get::<_, i64>(2)?;
         }
         let mut st = self.conn.prepare_cached(
-            "SELECT phone_id, token, environment, state, reason FROM ring_outcomes WHERE ring_id = ?1",
+            "SELECT phone_id, token, environment, state, reason, platform FROM ring_outcomes WHERE ring_id = ?1",
         )?;
         let outcomes = st
-            .query_map([ring_id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))?
+            .query_map([ring_id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(Settled { runs, run_phones, outcomes })
     }
@@ -346,17 +355,19 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut expire = tx.prepare_cached(
-                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?6, 'Expired', ?5)",
+                "INSERT OR REPLACE INTO ring_outcomes (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
+                 VALUES (?1, ?2, ?3, ?4, ?6, 'Expired', ?5, ?7)",
             )?;
             for p in &left {
+                let a = &p.address;
                 expire.execute(params![
                     ring_id,
                     p.phone_id,
-                    p.token.hex(),
-                    p.environment.as_str(),
+                    a.key(),
+                    a.environment().as_str(),
                     now,
-                    PhoneState::Expired
+                    PhoneState::Expired,
+                    a.platform()
                 ])?;
             }
         }
@@ -429,7 +440,7 @@ impl Store {
         let mut lines = self.ring_states(ring_id)?;
         lines.truncate(limit);
         for l in &mut lines {
-            l.token = crate::domain::short_token(&l.token).to_string();
+            l.token = short_key(l.platform, &l.token);
         }
         Ok(lines)
     }
@@ -448,14 +459,15 @@ impl Store {
             let state = if settled.in_run(p.phone_id) { PhoneState::Delivered } else { PhoneState::Pending };
             lines.push(PhoneOutcome {
                 phone_id: p.phone_id,
-                token: p.token.hex(),
-                environment: p.environment.as_str().to_string(),
+                platform: p.address.platform(),
+                token: p.address.key(),
+                environment: p.address.environment().as_str().to_string(),
                 state,
                 reason: None,
             });
         }
-        for (phone_id, (token, environment, state, reason)) in settled.outcomes.drain() {
-            lines.push(PhoneOutcome { phone_id, token, environment, state, reason });
+        for (phone_id, (token, environment, state, reason, platform)) in settled.outcomes.drain() {
+            lines.push(PhoneOutcome { phone_id, platform, token, environment, state, reason });
         }
         lines.sort_unstable_by_key(|l| l.phone_id);
         Ok(lines)
@@ -547,13 +559,7 @@ mod tests {
     /// The outcome row of the job's phone at position `seq`.
     fn row(phones: &Recipients, seq: usize, outcome: Outcome) -> OutcomeRow {
         let p = &phones.targets[seq];
-        OutcomeRow {
-            seq: seq as i64,
-            phone_id: p.phone_id,
-            token: p.token.clone(),
-            environment: p.environment,
-            outcome,
-        }
+        OutcomeRow { seq: seq as i64, phone_id: p.phone_id, address: p.address.clone(), outcome }
     }
 
     fn press(id: &str, at: i64, now: i64) -> Press<'_> {
@@ -612,7 +618,7 @@ mod tests {
         assert_eq!(ring(&mut s).len(), first.len());
         s.conn.execute("UPDATE phones SET environment = 'sandbox' WHERE token = ?1", ["02".repeat(32)]).unwrap();
         let sandbox = ring(&mut s);
-        assert_eq!(sandbox.targets.iter().filter(|t| t.environment == Environment::Sandbox).count(), 1);
+        assert_eq!(sandbox.targets.iter().filter(|t| t.environment() == Environment::Sandbox).count(), 1);
         s.add_user("guest").unwrap();
         s.add_phone("guest", &"0a".repeat(32), Environment::Production, None, None).unwrap();
         s.add_doorbell("back", None, "guest").unwrap();
@@ -626,7 +632,7 @@ mod tests {
         cli.remove_phone(&"03".repeat(32)).unwrap();
         let elsewhere = ring(&mut s);
         assert_eq!(elsewhere.len(), first.len() - 1);
-        assert!(elsewhere.targets.iter().all(|t| t.token.hex() != "03".repeat(32)));
+        assert!(elsewhere.targets.iter().all(|t| t.token().hex() != "03".repeat(32)));
 
         // Small lists are not kept.
         let mut p = press("rb", at.get() + 10_000, at.get() + 10_000);
@@ -669,7 +675,7 @@ mod tests {
             .map(|(i, outcome)| row(&job.phones, i, outcome))
             .collect();
         s.record_outcomes("r1", &batch).unwrap();
-        s.remove_phone(&job.phones.targets[5].token.hex()).unwrap();
+        s.remove_phone(&job.phones.targets[5].token().hex()).unwrap();
         let jobs = s.unfinished_rings().unwrap();
         let left: Vec<i64> = jobs[0].phones.targets.iter().map(|p| p.phone_id).collect();
         assert_eq!(left, [job.phones.targets[2].phone_id, job.phones.targets[4].phone_id]);

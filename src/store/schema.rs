@@ -255,6 +255,14 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER doorbells_version_changed AFTER UPDATE OF id, name ON doorbells
         BEGIN UPDATE doorbells_version SET n = n + 1; END;
     "#,
+    // 8 (every phone in the house): 6 gave phones their platform and Web Push phones their
+    // subscription; the outcomes of a ring now record the platform too, so a pruned phone's
+    // line (the phone row is gone) still says what it was, for `rings show` and the published
+    // outcome.
+    r#"
+    ALTER TABLE ring_outcomes ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns'
+        CHECK (platform IN ('apns', 'fcm', 'webpush'));
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {

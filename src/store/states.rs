@@ -1,7 +1,8 @@
-//! The domain's ring and phone states in SQL: stored as the same words serde publishes
-//! (`pending`, `done`, `delivered`, ...), which the tables' CHECK constraints also list.
+//! The domain's ring and phone states and phone platforms in SQL: stored as the same words
+//! serde publishes (`pending`, `done`, `delivered`, ..., `apns`, `fcm`, `webpush`), which the
+//! tables' CHECK constraints also list.
 
-use crate::domain::{PhoneState, RingState};
+use crate::domain::{PhoneState, Platform, RingState};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 impl ToSql for RingState {
@@ -30,6 +31,19 @@ impl FromSql for PhoneState {
     }
 }
 
+impl ToSql for Platform {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Platform {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        Platform::parse(s).ok_or_else(|| FromSqlError::Other(format!("'{s}' is not a platform").into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +58,9 @@ mod tests {
         }
         for s in RingState::ALL {
             assert_eq!(conn.query_row("SELECT ?1", [s], |r| r.get::<_, RingState>(0)).unwrap(), s);
+        }
+        for p in Platform::ALL {
+            assert_eq!(conn.query_row("SELECT ?1", [p], |r| r.get::<_, Platform>(0)).unwrap(), p);
         }
         let bad = conn.query_row("SELECT 'lost'", [], |r| r.get::<_, RingState>(0));
         assert!(bad.unwrap_err().to_string().contains("'lost' is not a ring state"));

@@ -409,13 +409,61 @@ impl Observer {
 /// A deterministic 32-byte token for test phone `n`.
 /// A production phone with id `n` and [`token`]`(n)`, as the transports take it.
 pub fn target(n: u32) -> dingdong::domain::Target {
-    dingdong::domain::Target {
-        phone_id: n as i64,
-        token: dingdong::domain::Token::from_hex(&token(n)).unwrap(),
-        environment: dingdong::domain::Environment::Production,
-    }
+    dingdong::domain::Target::apns(
+        n as i64,
+        dingdong::domain::Token::from_hex(&token(n)).unwrap(),
+        dingdong::domain::Environment::Production,
+    )
 }
 
 pub fn token(n: u32) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("test-phone-{n}").as_bytes()))
+}
+
+/// Starts the simulator with the FCM and Web Push services beside the APNs HTTP/2 API, with
+/// `phones` test phones for each (`http1`: the push service speaks HTTP/1.1 only).
+pub async fn start_push_sim(dir: &Path, faults: Faults, max_streams: u32, phones: u32, http1: bool) -> Sim {
+    Sim::start(SimOptions {
+        http2: Some(([127, 0, 0, 1], 0).into()),
+        fcm: Some(([127, 0, 0, 1], 0).into()),
+        webpush: Some(([127, 0, 0, 1], 0).into()),
+        push_phones: phones,
+        webpush_http1: http1,
+        out_dir: dir.join("apns-sim"),
+        max_streams,
+        certs: CertOptions { topic: TOPIC.into(), ..Default::default() },
+        faults,
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+/// Adds `[fcm]` and `[webpush]` tables pointing at `sim` to the config at `cfg` (a fresh
+/// VAPID key beside it).
+pub fn add_push_tables(cfg: &Path, sim: &Sim) {
+    let fcm = sim.fcm.as_ref().expect("the FCM simulator runs");
+    let dir = cfg.parent().unwrap();
+    let vapid = dir.join("vapid.pem");
+    if !vapid.exists() {
+        let key = dingdong::codec::push::vapid::VapidKey::generate(&mut rand::thread_rng());
+        std::fs::write(&vapid, key.to_pem().as_bytes()).unwrap();
+    }
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    text.push_str(&format!(
+        "\n[fcm]\nservice_account_file = \"{}\"\nendpoint = \"https://{}\"\nca_file = \"{ca}\"\n\n[webpush]\nvapid_key_file = \"{}\"\nsubject = \"mailto:test@example.com\"\nca_file = \"{ca}\"\n",
+        fcm.service_account_file.display(),
+        fcm.addr,
+        vapid.display(),
+        ca = sim.credentials.ca_file.display(),
+    ));
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// Notifications every simulated service accepted.
+pub fn accepted_all(sim: &Sim) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    sim.state.accepted.load(Relaxed)
+        + sim.fcm.as_ref().map_or(0, |f| f.state.accepted.load(Relaxed))
+        + sim.webpush.as_ref().map_or(0, |w| w.state.accepted.load(Relaxed))
 }

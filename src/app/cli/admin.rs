@@ -1,11 +1,56 @@
 //! The commands that only read and write the database: people, doorbells, shares, phones,
 //! pairing windows, learning a button.
 
-use super::{open, print_json, CliError, DoorbellCmd, PairCmd, PhoneCmd, UserCmd};
-use crate::domain::Environment;
+use super::{load, open, print_json, CliError, DoorbellCmd, PairCmd, PhoneCmd, UserCmd};
+use crate::domain::{Environment, Platform};
 use crate::store::import::ImportFormat;
+use crate::store::phones::Registration;
 use crate::store::{Store, Upsert};
 use std::path::Path;
+
+/// `FILE` or `-` (standard input), at most 8 KiB: a PushSubscription's JSON.
+fn read_subscription(path: &Path) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let limit = crate::codec::push::webpush::MAX_SUBSCRIPTION_JSON as u64;
+    if path == Path::new("-") {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| CliError::input(format!("cannot read the subscription from standard input: {e}")))?;
+        return Ok(data);
+    }
+    crate::domain::files::read_bounded(path, limit)
+        .map_err(|e| CliError::input(format!("cannot read {}: {e}", path.display())))
+}
+
+/// `dingdong webpush key`: the public half of the VAPID key, made first if there is none.
+pub fn webpush_key(path: &Path) -> Result<(), CliError> {
+    let cfg = load(path)?;
+    let w = cfg.webpush.as_ref().ok_or_else(|| {
+        CliError::input(format!(
+            "config {}: no [webpush] table; add vapid_key_file and subject (see config.example.toml)",
+            cfg.file.display()
+        ))
+    })?;
+    if !w.vapid_key_file.exists() {
+        let key = crate::codec::push::vapid::VapidKey::generate(&mut rand::thread_rng());
+        write_secret(&w.vapid_key_file, key.to_pem().as_bytes())
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", w.vapid_key_file.display())))?;
+        eprintln!("wrote a new VAPID key to {} (keep it: browsers subscribed with it)", w.vapid_key_file.display());
+    }
+    let key = crate::app::settings::vapid_key(&w.vapid_key_file).map_err(CliError::input)?;
+    println!("{}", key.public_key_b64());
+    Ok(())
+}
+
+/// Creates a file only its owner may read, refusing to replace one.
+fn write_secret(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(data)
+}
 
 /// `user ...`.
 pub fn user(path: &Path, cmd: &UserCmd) -> Result<(), CliError> {
@@ -113,12 +158,20 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
     let store = &mut store;
     let env = |sandbox: bool| if sandbox { Environment::Sandbox } else { Environment::Production };
     match cmd {
-        PhoneCmd::Add { user, token, sandbox, topic, name } => {
-            let r = store.add_phone(user, token, env(*sandbox), topic.as_deref(), name.as_deref())?;
-            let short = crate::domain::normalize_token(token).map(|t| t[..8].to_string()).unwrap_or_default();
+        PhoneCmd::Add { user, token, fcm, webpush, sandbox, topic, name } => {
+            let reg = match (token, fcm, webpush) {
+                (Some(t), None, None) => Registration::apns(t, env(*sandbox))?,
+                (None, Some(t), None) => Registration::fcm(t)?,
+                (None, None, Some(f)) => Registration::webpush(&read_subscription(f)?)?,
+                _ => {
+                    return Err(CliError::input("phone add takes USER TOKEN, USER --fcm TOKEN or USER --webpush FILE"))
+                }
+            };
+            let r = store.register_phone(user, &reg, topic.as_deref(), name.as_deref())?;
+            let (short, platform) = (reg.short(), reg.platform());
             match r {
-                Upsert::Added(id) => println!("phone {id} ({short}…) added for {user}"),
-                Upsert::Updated(id) => println!("phone {id} ({short}…) re-registered for {user}"),
+                Upsert::Added(id) => println!("{platform} phone {id} ({short}…) added for {user}"),
+                Upsert::Updated(id) => println!("{platform} phone {id} ({short}…) re-registered for {user}"),
             }
         }
         PhoneCmd::Import { user, file, csv, sandbox } => {
@@ -151,7 +204,8 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
             let mut phones = store.list_phones()?;
             if !full {
                 for p in &mut phones {
-                    p.token = shortened(&p.platform, &p.token);
+                    let platform = Platform::parse(&p.platform).unwrap_or(Platform::Apns);
+                    p.token = crate::store::rings::short_key(platform, &p.token);
                 }
             }
             if *json {
@@ -162,35 +216,33 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
                     "ID", "USER", "PLATFORM", "TOKEN", "ENV", "NAME"
                 );
                 for p in phones {
+                    let env = if p.platform == "apns" { p.environment.as_str() } else { "-" };
                     println!(
                         "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} {}",
                         p.id,
                         p.user,
                         p.platform,
                         p.token,
-                        p.environment,
+                        env,
                         crate::domain::printable(p.name.as_deref().unwrap_or_default()),
                         p.last_outcome.unwrap_or_default()
                     );
                 }
             }
         }
-        PhoneCmd::Rm { token } => {
-            let n = store.remove_phone(token)?;
+        PhoneCmd::Rm { token, webpush } => {
+            let n = match (token, webpush) {
+                (Some(t), None) => store.unregister_phone(t)?,
+                (None, Some(f)) => {
+                    let reg = Registration::webpush(&read_subscription(f)?)?;
+                    store.unregister_phone(reg.key())?
+                }
+                _ => return Err(CliError::input("phone rm takes TOKEN, or --webpush FILE")),
+            };
             println!("{n} phone registration(s) removed");
         }
     }
     Ok(())
-}
-
-/// What `phone list` shows of a phone's address: an APNs or FCM token's first 8 characters,
-/// a Web Push endpoint's host (its path is a capability).
-fn shortened(platform: &str, address: &str) -> String {
-    if platform == "webpush" {
-        let rest = address.split_once("://").map_or(address, |(_, r)| r);
-        return format!("{}/…", rest.split('/').next().unwrap_or(""));
-    }
-    crate::domain::short_token(address).to_string()
 }
 
 /// `dingdong doorbell learn ID`: leaves a learn request in the database, which the running

@@ -79,7 +79,7 @@ fn show(store: &Store, ring_id: &str, json: bool, full: bool) -> Result<(), CliE
     let mut d: RingDetail = store.ring_detail(ring_id)?;
     if !full {
         for p in &mut d.results {
-            p.token = crate::domain::short_token(&p.token).to_string();
+            p.token = crate::store::rings::short_key(p.platform, &p.token);
         }
     }
     if json {
@@ -104,13 +104,15 @@ fn show(store: &Store, ring_id: &str, json: bool, full: bool) -> Result<(), CliE
     if d.unlisted_delivered > 0 {
         println!("({} delivered phones have been removed since and are not listed)", d.unlisted_delivered);
     }
-    println!("{:>8}  {:<16}  {:<10}  {:<9}  REASON", "PHONE", "TOKEN", "ENV", "STATE");
+    println!("{:>8}  {:<8}  {:<16}  {:<10}  {:<9}  REASON", "PHONE", "PLATFORM", "TOKEN", "ENV", "STATE");
     for p in &d.results {
+        let env = if p.platform == crate::domain::Platform::Apns { p.environment.as_str() } else { "-" };
         println!(
-            "{:>8}  {:<16}  {:<10}  {:<9}  {}",
+            "{:>8}  {:<8}  {:<16}  {:<10}  {:<9}  {}",
             p.phone_id,
+            p.platform,
             p.token,
-            p.environment,
+            env,
             p.state,
             p.reason.as_deref().unwrap_or("")
         );

@@ -55,8 +55,11 @@ pub enum Command {
     Ring { id: String },
     /// One poll of the legacy feedback service; prunes as `run` does.
     Feedback,
-    /// The built-in APNs simulator.
+    /// The built-in push simulator: APNs, and FCM and Web Push with --fcm and --webpush.
     ApnsSim(SimArgs),
+    /// Web Push: the VAPID key of the web app.
+    #[command(subcommand)]
+    Webpush(WebpushCmd),
     /// The field technician's check: exit 0 all good, 1 a check failed, 2 could not run.
     Diag {
         /// One JSON document instead of the table.
@@ -163,9 +166,19 @@ pub enum DoorbellCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PhoneCmd {
+    /// `phone add USER TOKEN` (an iPhone), `--fcm TOKEN` (Android) or `--webpush FILE|-`
+    /// (a browser's PushSubscription JSON).
     Add {
         user: String,
-        token: String,
+        /// The iPhone's APNs device token (hex).
+        #[arg(required_unless_present_any = ["fcm", "webpush"])]
+        token: Option<String>,
+        /// An Android phone's FCM registration token (it may start with '-').
+        #[arg(long, value_name = "TOKEN", allow_hyphen_values = true, conflicts_with_all = ["token", "webpush", "sandbox"])]
+        fcm: Option<String>,
+        /// A browser's PushSubscription JSON, from FILE or `-` (standard input).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "fcm", "sandbox"])]
+        webpush: Option<PathBuf>,
         /// The token is from a development build (APNs sandbox).
         #[arg(long)]
         sandbox: bool,
@@ -175,7 +188,8 @@ pub enum PhoneCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// `phone import USER FILE` (one token a line) or `phone import --csv FILE` (user,token).
+    /// `phone import USER FILE` (one phone a line) or `phone import --csv FILE` (user,token).
+    /// A line is an APNs token (hex), an FCM token, or a PushSubscription's JSON.
     Import {
         user: Option<String>,
         file: Option<PathBuf>,
@@ -191,9 +205,21 @@ pub enum PhoneCmd {
         #[arg(long)]
         full: bool,
     },
+    /// `phone rm TOKEN`: an APNs token, an FCM token or a Web Push endpoint URL; or
+    /// `--webpush FILE|-` with the subscription's JSON.
     Rm {
-        token: String,
+        #[arg(required_unless_present = "webpush", allow_hyphen_values = true)]
+        token: Option<String>,
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        webpush: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebpushCmd {
+    /// Print the VAPID public key (base64url) the web app subscribes with; writes a new key to
+    /// `webpush.vapid_key_file` first if there is none.
+    Key,
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +290,19 @@ pub struct SimArgs {
     /// production host with BadCertificateEnvironment (new credentials only).
     #[arg(long)]
     pub sandbox_cert: bool,
+    /// Address of the FCM simulator: the OAuth token endpoint and the HTTP v1 send API.
+    #[arg(long, value_name = "ADDR")]
+    pub fcm: Option<std::net::SocketAddr>,
+    /// Address of the Web Push simulator: a push service that checks VAPID and decrypts.
+    #[arg(long, value_name = "ADDR")]
+    pub webpush: Option<std::net::SocketAddr>,
+    /// Test phones to make for the FCM and Web Push simulators (registration tokens and
+    /// subscriptions written into --out).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub push_phones: u32,
+    /// The Web Push simulator speaks HTTP/1.1 only (as many real push services do).
+    #[arg(long)]
+    pub webpush_http1: bool,
 }
 
 /// A command's failure, with its exit code.
@@ -340,6 +379,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Ring { id } => block_on(false, tools::ring(&path, id)),
         Command::Feedback => block_on(false, tools::feedback(&path)),
         Command::ApnsSim(args) => block_on(true, tools::apns_sim(args)),
+        Command::Webpush(WebpushCmd::Key) => admin::webpush_key(&path),
         Command::Diag { json } => tools::diag(&path, *json),
         Command::Rings(args) => history::rings(&path, args),
         Command::Backup { file, force } => history::backup(&path, file, *force),

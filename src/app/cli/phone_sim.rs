@@ -91,8 +91,8 @@ pub struct PushArgs {
     /// An APNs device token (hex).
     #[arg(long, value_name = "HEX")]
     token: Option<String>,
-    /// An FCM registration token.
-    #[arg(long, value_name = "TOKEN")]
+    /// An FCM registration token (it may start with '-').
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
     fcm: Option<String>,
     /// A Web Push subscription (the browser's PushSubscription JSON) in FILE, or `-` for stdin.
     #[arg(long, value_name = "FILE")]

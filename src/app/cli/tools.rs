@@ -87,9 +87,14 @@ pub async fn apns_sim(_: &SimArgs) -> Result<(), CliError> {
 
 #[cfg(feature = "sim")]
 pub async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
-    if args.http2.is_none() && args.binary.is_none() && args.feedback.is_none() {
+    if args.http2.is_none()
+        && args.binary.is_none()
+        && args.feedback.is_none()
+        && args.fcm.is_none()
+        && args.webpush.is_none()
+    {
         return Err(CliError::input(
-            "apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443 or --binary 127.0.0.1:2195",
+            "apns-sim: give at least one listener, e.g. --http2 127.0.0.1:8443, --fcm 127.0.0.1:8444 or --webpush 127.0.0.1:8445",
         ));
     }
     let opts = crate::app::sim::SimOptions {
@@ -114,26 +119,28 @@ pub async fn apns_sim(args: &SimArgs) -> Result<(), CliError> {
         shutdown_after: args.shutdown_after,
         binary_drop_after: (args.drop_after > 0).then_some(args.drop_after),
         clock_skew_secs: args.clock_skew,
+        fcm: args.fcm,
+        webpush: args.webpush,
+        push_phones: args.push_phones,
+        webpush_http1: args.webpush_http1,
     };
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(CliError::input("--fail-rate must be between 0 and 1"));
     }
     let sim = crate::app::sim::Sim::start(opts).await.map_err(CliError::input)?;
     // One JSON line on stdout, for scripts and tests: where it listens and what it wrote.
-    println!(
-        "{}",
-        serde_json::json!({
-            "http2": sim.http2_addr.map(|a| a.to_string()),
-            "binary": sim.binary_addr.map(|a| a.to_string()),
-            "feedback": sim.feedback_addr.map(|a| a.to_string()),
-            "credentials": sim.credentials,
-        })
-    );
+    println!("{}", sim.info());
     // Under systemd (`systemd-run -p Type=notify`): started means listening, credentials written.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop = tokio_util::sync::CancellationToken::new();
     stop_on_signal(stop.clone()).await;
     tracing::info!(stats = %sim.state.stats(), "apns-sim stopping");
+    if let Some(f) = &sim.fcm {
+        tracing::info!(stats = %f.state.stats(), "fcm sim stopping");
+    }
+    if let Some(w) = &sim.webpush {
+        tracing::info!(stats = %w.state.stats(), "webpush sim stopping");
+    }
     Ok(())
 }
 

@@ -49,6 +49,11 @@ fn write(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
     write_mode(path, data, 0o600)
 }
 
+/// Writes one of the simulators' secrets (test keys), readable by its owner only.
+pub(crate) fn write_secret(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    write(path, data)
+}
+
 /// Writes a certificate: no secret, readable by all (the daemon's user reads the CA).
 fn write_public(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
     write_mode(path, data, 0o644)

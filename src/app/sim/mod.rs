@@ -9,11 +9,16 @@
 //! names there even when `apns.endpoint` points at the simulator), so a sandbox token sent
 //! to the production host is refused with BadDeviceToken, as Apple does.
 //!
-//! `binary` adds the legacy gateway and feedback service (see its docs).
+//! `binary` adds the legacy gateway and feedback service (see its docs); `fcm` Google's FCM
+//! HTTP v1 API with its OAuth token endpoint, and `webpush` a Web Push service that checks
+//! VAPID and decrypts every message (both served by `serve`).
 
 pub mod binary;
 pub mod certs;
+pub mod fcm;
 pub mod http2;
+mod serve;
+pub mod webpush;
 
 pub use certs::{CertOptions, SimCredentials};
 
@@ -50,6 +55,14 @@ pub struct SimOptions {
     /// Seconds added to the simulator's clock (its `date` header and JWT age checks): the
     /// clock-skew fault for diag tests.
     pub clock_skew_secs: i64,
+    /// Address of the FCM simulator (token endpoint and send API).
+    pub fcm: Option<SocketAddr>,
+    /// Address of the Web Push simulator.
+    pub webpush: Option<SocketAddr>,
+    /// Test phones made for each of the FCM and Web Push simulators.
+    pub push_phones: u32,
+    /// The Web Push simulator speaks HTTP/1.1 only.
+    pub webpush_http1: bool,
 }
 
 /// Apple's bad days, on demand.
@@ -253,6 +266,34 @@ where
 {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))?;
+    serve_listener(listener, cancel, serve)
+}
+
+/// [`listen`] on a listener bound already (the FCM simulator names its port in the key file
+/// it writes before it serves).
+pub(crate) async fn listen_on<F, Fut>(
+    listener: std::net::TcpListener,
+    cancel: CancellationToken,
+    serve: F,
+) -> Result<SocketAddr, String>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    serve_listener(listener, cancel, serve)
+}
+
+fn serve_listener<F, Fut>(
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+    serve: F,
+) -> Result<SocketAddr, String>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         loop {
@@ -280,6 +321,8 @@ where
 
 /// A running simulator.
 pub struct Sim {
+    pub fcm: Option<fcm::FcmSim>,
+    pub webpush: Option<webpush::WebPushSim>,
     pub http2_addr: Option<SocketAddr>,
     pub binary_addr: Option<SocketAddr>,
     pub feedback_addr: Option<SocketAddr>,
@@ -320,14 +363,66 @@ impl Sim {
                 feedback_addr = Some(server.listen_feedback(addr, cancel.clone()).await?);
             }
         }
-        let info = serde_json::json!({
-            "http2": http2_addr.map(|a| a.to_string()),
-            "binary": binary_addr.map(|a| a.to_string()),
-            "feedback": feedback_addr.map(|a| a.to_string()),
-            "credentials": credentials,
-        });
-        let _ = std::fs::write(opts.out_dir.join("sim.json"), serde_json::to_string_pretty(&info).unwrap_or_default());
-        Ok(Sim { http2_addr, binary_addr, feedback_addr, state, credentials, cancel })
+        let bind = |addr: SocketAddr| {
+            std::net::TcpListener::bind(addr).map_err(|e| format!("apns-sim cannot listen on {addr}: {e}"))
+        };
+        let fcm = match opts.fcm {
+            Some(addr) => Some(
+                fcm::start(
+                    bind(addr)?,
+                    &credentials,
+                    &opts.out_dir,
+                    opts.push_phones,
+                    opts.fast,
+                    opts.faults,
+                    cancel.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let webpush = match opts.webpush {
+            Some(addr) => Some(
+                webpush::start(
+                    bind(addr)?,
+                    &credentials,
+                    &opts.out_dir,
+                    opts.push_phones,
+                    opts.webpush_http1,
+                    opts.fast,
+                    opts.faults,
+                    cancel.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let sim = Sim { fcm, webpush, http2_addr, binary_addr, feedback_addr, state, credentials, cancel };
+        let _ = std::fs::write(
+            opts.out_dir.join("sim.json"),
+            serde_json::to_string_pretty(&sim.info()).unwrap_or_default(),
+        );
+        Ok(sim)
+    }
+
+    /// Where it listens and what it wrote, as `apns-sim` prints it and writes `sim.json`.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "http2": self.http2_addr.map(|a| a.to_string()),
+            "binary": self.binary_addr.map(|a| a.to_string()),
+            "feedback": self.feedback_addr.map(|a| a.to_string()),
+            "credentials": self.credentials,
+            "fcm": self.fcm.as_ref().map(|f| serde_json::json!({
+                "addr": f.addr.to_string(),
+                "endpoint": format!("https://{}", f.addr),
+                "service_account_file": f.service_account_file,
+                "tokens": f.tokens,
+            })),
+            "webpush": self.webpush.as_ref().map(|w| serde_json::json!({
+                "addr": w.addr.to_string(),
+                "subscriptions": w.subscriptions.iter().map(|s| &s.file).collect::<Vec<_>>(),
+            })),
+        })
     }
 
     /// The `apns.endpoint` value that points dingdong at this simulator's HTTP/2 API.

@@ -122,14 +122,7 @@ impl Subscription {
 
     /// The canonical JSON (base64url without padding), as the store keeps it.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "endpoint": self.endpoint,
-            "keys": {
-                "p256dh": URL_SAFE_NO_PAD.encode(ece::public_key_bytes(&self.public)),
-                "auth": URL_SAFE_NO_PAD.encode(self.auth),
-            }
-        })
-        .to_string()
+        stored_json(&self.endpoint, &ece::public_key_bytes(&self.public), &self.auth)
     }
 
     /// `host/…abcdefgh`: all a log line or `phone list` may show.
@@ -154,6 +147,24 @@ impl PartialEq for Subscription {
     fn eq(&self, other: &Self) -> bool {
         self.endpoint == other.endpoint && self.public == other.public && self.auth == other.auth
     }
+}
+
+/// A subscription as the phones table keeps it in `subscription`:
+/// `{"endpoint", "keys": {"auth", "p256dh"}}`, the keys in base64url without padding. Every
+/// way in (`phone add --webpush`, `phone import`, pairing) writes this form, and the outbox
+/// reads it back.
+pub fn stored_json(endpoint: &str, p256dh: &[u8], auth: &[u8]) -> String {
+    serde_json::json!({
+        "endpoint": endpoint,
+        "keys": { "p256dh": URL_SAFE_NO_PAD.encode(p256dh), "auth": URL_SAFE_NO_PAD.encode(auth) }
+    })
+    .to_string()
+}
+
+/// Whether the transport can send to `endpoint`: an `https://` URL with a host and no user
+/// information that parses as a request URI. What pairing accepts is checked with this too.
+pub fn check_endpoint_url(endpoint: &str) -> Result<(), SubscriptionError> {
+    check_endpoint(endpoint).map(drop)
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(http::Uri, String), SubscriptionError> {

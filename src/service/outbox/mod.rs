@@ -1,15 +1,21 @@
 //! Delivery of persisted ring jobs: send every pending phone, record outcomes in batched
-//! transactions, retry what Apple (or the network) asked us to retry with exponential
-//! backoff and jitter, never past the ring's expiry, and publish the ring's outcome.
+//! transactions, retry what the push service (or the network) asked us to retry with
+//! exponential backoff and jitter, never past the ring's expiry, and publish the ring's
+//! outcome.
 //!
-//! The job and each phone's state are in SQLite before the first send (see `store::rings`),
-//! so a crash leaves exactly the unanswered phones pending for the next start. Talks to no
-//! APNs server itself: a [`Transport`] does.
+//! A ring's phones are split by platform (and, for iPhones, by app topic); every share goes
+//! out at the same time through its transport ([`Transports`]: APNs, FCM, Web Push) and is
+//! retried on its own. The job and each phone's state are in SQLite before the first send
+//! (see `store::rings`), so a crash leaves exactly the unanswered phones pending for the next
+//! start. Talks to no push service itself: the transports do. The delivery's I/O is in
+//! `send`, its accounting in `round` (pure).
 
 use crate::domain::timing::{SendTiming, TimingReport};
-use crate::domain::{Environment, Message, Outcome, RingTiming, Target};
+use crate::domain::{Environment, Message, Outcome, Platform, Reason, RingTiming, Target};
 use crate::net::apns::binary::BinarySender;
 use crate::net::apns::http2::Http2Client;
+use crate::net::fcm::FcmClient;
+use crate::net::webpush::WebPushClient;
 use crate::service::metrics::{Metrics, TransportGauges};
 use crate::service::publisher::Publisher;
 pub use crate::store::rings::Latency;
@@ -36,6 +42,37 @@ const DETAIL_LIMIT: usize = 100;
 /// First and longest wait before writing to a store that refused a write (busy, full).
 const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Every push transport a daemon runs with: APNs always, FCM and Web Push when configured.
+#[derive(Clone)]
+pub struct Transports {
+    pub apns: Transport,
+    pub fcm: Option<FcmClient>,
+    pub webpush: Option<WebPushClient>,
+}
+
+impl From<Transport> for Transports {
+    fn from(apns: Transport) -> Transports {
+        Transports { apns, fcm: None, webpush: None }
+    }
+}
+
+impl Transports {
+    /// The transports stopped by a refusal of our credentials, with the reason.
+    pub fn stopped(&self) -> Vec<(Platform, Reason)> {
+        let mut v = Vec::new();
+        if let Some(r) = self.apns.stopped() {
+            v.push((Platform::Apns, r));
+        }
+        if let Some(r) = self.fcm.as_ref().and_then(FcmClient::stopped) {
+            v.push((Platform::Fcm, r));
+        }
+        if let Some(r) = self.webpush.as_ref().and_then(WebPushClient::stopped) {
+            v.push((Platform::Webpush, r));
+        }
+        v
+    }
+}
 
 /// The APNs transport a daemon runs with.
 #[derive(Clone)]
@@ -72,11 +109,6 @@ impl Transport {
             },
             Transport::Binary(_) => TransportGauges::default(),
         }
-    }
-
-    /// The push platform it serves, as the metrics name it.
-    pub fn platform(&self) -> &'static str {
-        "apns"
     }
 
     /// Sends to every target; after `stop`, nothing new is started and what was not started
@@ -126,9 +158,9 @@ pub struct RingReport {
 #[derive(Clone)]
 pub struct Outbox {
     store: StoreHandle,
-    /// The transport and settings of new deliveries; a reload swaps them, and a delivery
+    /// The transports and settings of new deliveries; a reload swaps them, and a delivery
     /// under way keeps the ones it started with.
-    current: Arc<RwLock<(Transport, OutboxSettings)>>,
+    current: Arc<RwLock<(Transports, OutboxSettings)>>,
     /// Where ring outcomes are published (none in tools and some tests).
     publisher: Option<Publisher>,
     /// How many phones the widest ring to expect reaches: connections for it are kept ready.
@@ -140,13 +172,13 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(
         store: StoreHandle,
-        transport: Transport,
+        transports: impl Into<Transports>,
         publisher: Option<Publisher>,
         settings: OutboxSettings,
     ) -> Outbox {
         Outbox {
             store,
-            current: Arc::new(RwLock::new((transport, settings))),
+            current: Arc::new(RwLock::new((transports.into(), settings))),
             publisher,
             expected: Arc::new(AtomicUsize::new(1)),
             metrics: None,
@@ -168,18 +200,23 @@ impl Outbox {
     /// (its ring is recorded meanwhile) and at start-up, so that connections are open, and
     /// checked if they sat idle, before the first request.
     pub fn prepare(&self) {
-        let (transport, settings) = self.current.read().expect("outbox lock").clone();
-        transport.prepare(settings.environment, self.expected.load(Ordering::Relaxed));
+        let (transports, settings) = self.current.read().expect("outbox lock").clone();
+        transports.apns.prepare(settings.environment, self.expected.load(Ordering::Relaxed));
     }
 
-    /// The transport new deliveries use.
+    /// The APNs transport new deliveries use.
     pub fn transport(&self) -> Transport {
+        self.current.read().expect("outbox lock").0.apns.clone()
+    }
+
+    /// Every transport new deliveries use.
+    pub fn transports(&self) -> Transports {
         self.current.read().expect("outbox lock").0.clone()
     }
 
-    /// Replaces the transport and settings for deliveries started from now on (a reload).
-    pub fn replace(&self, transport: Transport, settings: OutboxSettings) {
-        *self.current.write().expect("outbox lock") = (transport, settings);
+    /// Replaces the transports and settings for deliveries started from now on (a reload).
+    pub fn replace(&self, transports: impl Into<Transports>, settings: OutboxSettings) {
+        *self.current.write().expect("outbox lock") = (transports.into(), settings);
     }
 
     /// Publishes the outcome of a ring that expired before it could be sent.

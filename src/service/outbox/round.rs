@@ -113,13 +113,7 @@ impl Round {
                 self.retry.push(t.clone());
                 self.retry_seqs.push(seq);
             }
-            outcome => self.rows.push(OutcomeRow {
-                seq,
-                phone_id: t.phone_id,
-                token: t.token.clone(),
-                environment: t.environment,
-                outcome,
-            }),
+            outcome => self.rows.push(OutcomeRow { seq, phone_id: t.phone_id, address: t.address.clone(), outcome }),
         }
     }
 

@@ -1,14 +1,17 @@
-//! One delivery, from the ring's phones to its published outcome: the phones go to the
-//! transport chunk by chunk (a big doorbell's are read while the first chunks are sent), one
-//! message per app topic; outcomes are recorded in batches; retries follow [`Retries`].
+//! One delivery, from the ring's phones to its published outcome: the phones go out part by
+//! part (a big doorbell's first phones while the rest is read), each part split by platform
+//! and, for iPhones, app topic ([`Share`]), every share through its transport ([`Route`]) at
+//! the same time; outcomes are recorded in batches; retries follow [`Retries`].
 
 use super::round::{Next, Retries, Round};
 use super::{
-    Latency, Outbox, OutboxSettings, RingReport, Transport, DETAIL_LIMIT, FLUSH_EVERY, STORE_RETRY_MAX,
+    Latency, Outbox, OutboxSettings, RingReport, Transport, Transports, DETAIL_LIMIT, FLUSH_EVERY, STORE_RETRY_MAX,
     STORE_RETRY_MIN, TRIM_AFTER,
 };
 use crate::domain::timing::SendTiming;
-use crate::domain::{Message, Outcome, PhoneState, Reason, RingTiming, Target};
+use crate::domain::{Message, Notice, Outcome, PhoneState, Platform, Reason, RingTiming, Target};
+use crate::net::fcm::FcmClient;
+use crate::net::webpush::WebPushClient;
 use crate::service::metrics::Metrics;
 use crate::store::recipients::{Recipients, Topics};
 use crate::store::rings::OutcomeRow;
@@ -24,10 +27,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// What one delivery's rounds share: the transport and settings it started with.
+/// What one delivery's rounds share: the transports and settings it started with.
 struct Sending<'a> {
-    transport: &'a Transport,
+    transports: &'a Transports,
     settings: &'a OutboxSettings,
+    notice: Arc<Notice>,
     payload: Bytes,
     stop: &'a CancellationToken,
     pending: &'a Pending,
@@ -113,6 +117,65 @@ impl Progress {
     }
 }
 
+/// The phones of a part that share a [`Share`]: their targets (from a place in them) and
+/// their places in the job.
+type Group = (Share, Arc<Vec<Target>>, usize, Vec<i64>);
+
+/// Which kind of phones a [`Group`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Share {
+    /// iPhones of one app topic (`None`: `apns.topic`).
+    Apns(Option<String>),
+    Fcm,
+    WebPush,
+}
+
+/// One share of a ring and the transport that sends it.
+enum Route {
+    Apns(Transport, Arc<Message>),
+    Fcm(FcmClient, Arc<Notice>),
+    WebPush(WebPushClient, Arc<Notice>),
+    /// Phones of a platform this configuration has no transport for: each fails at once.
+    Unconfigured(Platform),
+}
+
+impl Route {
+    /// The platform of the phones it sends to (the metrics' `platform` label).
+    fn platform(&self) -> Platform {
+        match self {
+            Route::Apns(..) => Platform::Apns,
+            Route::Fcm(..) => Platform::Fcm,
+            Route::WebPush(..) => Platform::Webpush,
+            Route::Unconfigured(p) => *p,
+        }
+    }
+
+    /// Sends to `targets[from..]`. Only iPhones come with `from` above 0 (see [`split`]).
+    async fn send(
+        &self,
+        targets: Arc<Vec<Target>>,
+        from: usize,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) -> SendTiming {
+        let range = from..targets.len();
+        match self {
+            Route::Apns(t, msg) => return t.send(msg.clone(), targets, range, out, stop).await,
+            Route::Fcm(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::WebPush(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::Unconfigured(p) => {
+                for i in range {
+                    let _ = out.send((i, Outcome::Failed { reason: Reason::Unconfigured(*p), status: 0 }));
+                }
+            }
+        }
+        SendTiming::default()
+    }
+}
+
+/// What the metrics count outcomes by.
+type Alike<'a> = (Platform, crate::domain::Environment, PhoneState, Option<&'a Reason>);
+
 /// A part of a ring's phones: `phones[from..]`, the first of them at place `first_seq` in
 /// the job (the places of the others follow).
 struct Part {
@@ -121,27 +184,37 @@ struct Part {
     first_seq: usize,
 }
 
-/// The phones of a part that share an app topic: their targets (from a place in them) and
-/// their places in the job.
-type TopicGroup = (Option<String>, Arc<Vec<Target>>, usize, Vec<i64>);
-
-/// A part's phones by app topic (nearly always one topic). The targets go to the transport
-/// as they are, shared, not copied: a 120,000-phone ring holds each token once.
-fn by_topic(part: Part) -> Vec<TopicGroup> {
+/// A part's phones by share: one group per platform, and per app topic for iPhones (nearly
+/// always one group). A part of one share of iPhones hands its targets over as they are,
+/// shared, not copied: a 120,000-phone ring holds each token once. Every other group is a
+/// list of its own, from its start.
+fn split(part: Part) -> Vec<Group> {
     let Part { phones, from, first_seq } = part;
-    let seqs = first_seq as i64..(first_seq + phones.len() - from) as i64;
-    match &phones.topics {
-        Topics::Same(topic) => vec![(topic.clone(), phones.targets.clone(), from, seqs.collect())],
-        Topics::PerPhone(topics) => {
-            let mut by_topic: HashMap<Option<String>, (Vec<Target>, Vec<i64>)> = HashMap::new();
-            for (seq, (t, topic)) in seqs.zip(phones.targets.iter().zip(topics.iter()).skip(from)) {
-                let (targets, seqs) = by_topic.entry(topic.clone()).or_default();
-                seqs.push(seq);
-                targets.push(t.clone());
-            }
-            by_topic.into_iter().map(|(topic, (targets, seqs))| (topic, Arc::new(targets), 0, seqs)).collect()
-        }
+    let topic_of = |k: usize| match &phones.topics {
+        Topics::Same(t) => t.clone(),
+        Topics::PerPhone(ts) => ts[k].clone(),
+    };
+    let share_of = |k: usize, t: &Target| match t.platform() {
+        Platform::Apns => Share::Apns(topic_of(k)),
+        Platform::Fcm => Share::Fcm,
+        Platform::Webpush => Share::WebPush,
+    };
+    let mine = &phones.targets[from.min(phones.len())..];
+    let Some(first) = mine.first() else { return Vec::new() };
+    let seqs = first_seq as i64..(first_seq + mine.len()) as i64;
+    let one_share = first.platform() == Platform::Apns
+        && matches!(phones.topics, Topics::Same(_))
+        && mine.iter().all(|t| t.platform() == Platform::Apns);
+    if one_share {
+        return vec![(share_of(from, first), phones.targets.clone(), from, seqs.collect())];
     }
+    let mut by_share: HashMap<Share, (Vec<Target>, Vec<i64>)> = HashMap::new();
+    for ((k, t), seq) in mine.iter().enumerate().map(|(k, t)| (from + k, t)).zip(seqs) {
+        let (targets, seqs) = by_share.entry(share_of(k, t)).or_default();
+        seqs.push(seq);
+        targets.push(t.clone());
+    }
+    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), 0, seqs)).collect()
 }
 
 impl Outbox {
@@ -149,7 +222,7 @@ impl Outbox {
     /// (then the unanswered phones stay pending in the database for the next start).
     /// `timing` holds when its press was received and recorded (a resumed ring: neither).
     pub async fn deliver(&self, mut job: RingJob, timing: RingTiming, stop: CancellationToken) -> Option<RingReport> {
-        let (transport, settings) = self.current.read().expect("outbox lock").clone();
+        let (transports, settings) = self.current.read().expect("outbox lock").clone();
         let payload = match crate::codec::apns_payload::ring_payload(
             &job.doorbell_id,
             &job.doorbell_name,
@@ -165,7 +238,15 @@ impl Outbox {
         let mut progress = Progress { timing, ..Default::default() };
         progress.timing.recipients = job.read_at_us;
         let pending = Pending::new(self.metrics.clone(), job.phones.len());
-        let sending = Sending { transport: &transport, settings: &settings, payload, stop: &stop, pending: &pending };
+        let notice = Arc::new(Notice {
+            ring_id: job.ring_id.as_str().into(),
+            doorbell_id: job.doorbell_id.as_str().into(),
+            doorbell_name: job.doorbell_name.as_str().into(),
+            pressed_at: job.pressed_at,
+            expires_at: job.expires_at,
+        });
+        let sending =
+            Sending { transports: &transports, settings: &settings, notice, payload, stop: &stop, pending: &pending };
         // The phones read with the ring; or (a big doorbell) the first ones as soon as the store
         // has read them, then the rest: each part is sent as it comes. A part is the phones of
         // a list from a place in it (the place of each is its seq).
@@ -270,27 +351,50 @@ impl Outbox {
         Some(report)
     }
 
-    /// Sends a part of a ring's phones, one message per app topic, until settled. False if
+    /// Sends a part of a ring's phones, every share at once, each until settled. False if
     /// stopped.
     async fn send_part(&self, job: &RingJob, part: Part, sending: &Sending<'_>) -> (bool, Progress) {
+        let shares = split(part).into_iter().map(|(share, targets, from, seqs)| {
+            let route = self.route(job, share, sending);
+            async move {
+                let mut progress = Progress::default();
+                let round = Round::new(targets, from, seqs);
+                let settled = self.send_until_settled(job, &route, round, sending, &mut progress).await;
+                (settled, progress)
+            }
+        });
         let mut progress = Progress::default();
-        for (topic, targets, from, seqs) in by_topic(part) {
-            if targets.len() <= from {
-                continue;
-            }
-            let msg = Arc::new(Message {
-                topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
-                payload: sending.payload.clone(),
-                expiration: (job.expires_at / 1000).max(0) as u64,
-                collapse_id: job.doorbell_id.as_str().into(),
-                priority: 10,
-            });
-            let round = Round::new(targets, from, seqs);
-            if !self.send_until_settled(job, msg, round, sending, &mut progress).await {
-                return (false, progress);
-            }
+        let mut settled = true;
+        for (ok, p) in futures_util::future::join_all(shares).await {
+            settled &= ok;
+            progress.merge(p);
         }
-        (true, progress)
+        (settled, progress)
+    }
+
+    /// The transport (and what it sends) for a share of `job`.
+    fn route(&self, job: &RingJob, share: Share, sending: &Sending<'_>) -> Route {
+        let t = sending.transports;
+        match share {
+            Share::Apns(topic) => Route::Apns(
+                t.apns.clone(),
+                Arc::new(Message {
+                    topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
+                    payload: sending.payload.clone(),
+                    expiration: (job.expires_at / 1000).max(0) as u64,
+                    collapse_id: job.doorbell_id.as_str().into(),
+                    priority: 10,
+                }),
+            ),
+            Share::Fcm => match &t.fcm {
+                Some(c) => Route::Fcm(c.clone(), sending.notice.clone()),
+                None => Route::Unconfigured(Platform::Fcm),
+            },
+            Share::WebPush => match &t.webpush {
+                Some(c) => Route::WebPush(c.clone(), sending.notice.clone()),
+                None => Route::Unconfigured(Platform::Webpush),
+            },
+        }
     }
 
     /// Sends, records, and retries until nothing is left to retry. Returns false if stopped.
@@ -299,7 +403,7 @@ impl Outbox {
     async fn send_until_settled(
         &self,
         job: &RingJob,
-        msg: Arc<Message>,
+        route: &Route,
         mut round: Round,
         sending: &Sending<'_>,
         progress: &mut Progress,
@@ -315,9 +419,9 @@ impl Outbox {
                 return false;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let range = round.from()..round.targets().len();
-            let send = sending.transport.send(msg.clone(), round.targets().clone(), range, tx, stop);
-            let (sent, ()) = tokio::join!(send, self.record(job, &mut round, rx, sending, progress));
+            let send = route.send(round.targets().clone(), round.from(), tx, stop);
+            let (sent, ()) =
+                tokio::join!(send, self.record(job, &mut round, rx, (sending, route.platform()), progress));
             progress.sent(sent);
             let end = round.end();
             if end.unheard > 0 {
@@ -331,8 +435,7 @@ impl Outbox {
                     warn!(ring = %job.ring_id, phones = end.retry.len(), "ring expires before another retry: giving up on the rest");
                     if let Some(m) = &self.metrics {
                         for t in end.retry.iter() {
-                            let platform = sending.transport.platform();
-                            m.notification(platform, t.environment, PhoneState::Expired, Some(&Reason::Expired));
+                            m.notification(t.platform(), t.environment(), PhoneState::Expired, Some(&Reason::Expired));
                         }
                     }
                     sending.pending.settled(end.retry.len());
@@ -359,7 +462,7 @@ impl Outbox {
         job: &RingJob,
         round: &mut Round,
         mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
-        sending: &Sending<'_>,
+        (sending, platform): (&Sending<'_>, Platform),
         progress: &mut Progress,
     ) {
         let stop = sending.stop;
@@ -378,7 +481,7 @@ impl Outbox {
                     }
                     for (i, outcome) in got.drain(..) {
                         if let (Outcome::Retry { reason, .. }, Some(m)) = (&outcome, &self.metrics) {
-                            m.retry(sending.transport.platform(), Some(reason));
+                            m.retry(platform, Some(reason));
                         }
                         round.on_outcome(i, outcome);
                     }
@@ -408,16 +511,24 @@ impl Outbox {
         }
     }
 
-    /// Counts recorded outcomes in the metrics.
+    /// Counts recorded outcomes in the metrics, each under its phone's platform.
     fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
         let Some(m) = &self.metrics else { return };
-        let platform = self.transport().platform();
+        // Alike outcomes counted together: a batch of 2,048 deliveries is one count.
+        let mut alike: Vec<(Alike<'_>, u64)> = Vec::new();
         for row in rows {
             let state = match row.outcome.state() {
                 PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
                 s => s,
             };
-            m.notification(platform, row.environment, state, row.outcome.reason());
+            let key = (row.address.platform(), row.address.environment(), state, row.outcome.reason());
+            match alike.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => alike.push((key, 1)),
+            }
+        }
+        for ((platform, env, state, reason), n) in alike {
+            m.notifications_n(platform, env, state, reason, n);
         }
     }
 

@@ -31,6 +31,7 @@ use crate::domain::ids::DOORBELL_NAME_MAX;
 use crate::domain::{check_name_within, short_token, valid_id, Environment};
 use crate::store::pairing::{Finished, Judgement, NewPhone, Offer, PhoneAction, PhoneCall, PhoneDenied, PhoneDone};
 use crate::store::pairing::{PairedPhone, WindowState};
+use crate::store::rings::short_key;
 use crate::store::StoreHandle;
 use rand::rngs::OsRng;
 use std::path::PathBuf;
@@ -192,7 +193,7 @@ impl Pairing {
         let rid = accepted.request_id().to_string();
         let r = &accepted.registration;
         info!(request = %rid, user = %phone.user, phone = phone.phone_id, window = phone.window_id,
-            platform = %r.push.platform(), address = short_token(r.push.address()), "phone paired");
+            platform = %r.push.platform(), address = %short_key(r.push.platform(), r.push.address()), "phone paired");
         match accepted.done_reply(&grant) {
             Ok(reply) => Some(Reply::pair(&rid, reply)),
             Err(refusal) => {

@@ -221,7 +221,7 @@ fn a_token_of_another_user_is_a_conflict_and_the_same_user_keeps_its_phone_id() 
 }
 
 #[test]
-fn fcm_and_web_push_phones_are_kept_with_their_platform_and_not_rung_yet() {
+fn fcm_and_web_push_phones_are_kept_with_their_platform_and_rung() {
     let (_d, mut s) = store();
     household(&mut s);
     let fcm = NewPhone { platform: Platform::Fcm, address: "fcm-token-0123456789".into(), topic: None, ..apns("") };
@@ -244,7 +244,17 @@ fn fcm_and_web_push_phones_are_kept_with_their_platform_and_not_rung_yet() {
         s.conn().query_row("SELECT subscription FROM phones WHERE platform = 'webpush'", [], |r| r.get(0)).unwrap();
     assert_eq!(stored, sub);
     let r = s.recipients("front").unwrap();
-    assert_eq!(r.len(), 1, "only the APNs phone until the other transports exist");
+    let reached: Vec<(Platform, String)> = r.iter().map(|p| (p.address.platform(), p.address.key())).collect();
+    assert_eq!(
+        reached,
+        [
+            (Platform::Fcm, "fcm-token-0123456789".to_string()),
+            (Platform::Webpush, "https://push.example.net/x".to_string()),
+            (Platform::Apns, tok(3)),
+        ]
+    );
+    let crate::domain::Address::WebPush(keys) = &r[1].address else { panic!("{:?}", r[1]) };
+    assert_eq!((keys.p256dh.as_str(), keys.auth.as_str()), ("BP", "AA"), "read from the stored subscription");
 }
 
 #[test]
@@ -321,8 +331,8 @@ fn signed_requests_verify_then_act_and_refusals_change_nothing() {
     );
     let taken = signed(&mut s, a, &[0xa; 32], replace(&tok(2)), now, "n-0005", now).err();
     assert_eq!(taken, Some(PhoneDenied::Conflict("token: registered to another phone")));
-    assert_eq!(s.recipients("back").unwrap()[0].token.hex(), tok(2));
-    assert_eq!(s.recipients("front").unwrap()[0].token.hex(), tok(3));
+    assert_eq!(s.recipients("back").unwrap()[0].address.key(), tok(2));
+    assert_eq!(s.recipients("front").unwrap()[0].address.key(), tok(3));
     assert!(matches!(signed(&mut s, b, &[0xb; 32], PhoneAction::Unpair, now, "n-0006", now), Ok(PhoneDone::Unpaired)));
     assert!(!s.has_secret(b).unwrap());
 }

@@ -5,7 +5,7 @@
 
 use super::json::{bytes, object, only, text};
 use super::wire::{MAX_GRANT, MAX_REGISTRATION};
-use crate::codec::push::fcm;
+use crate::codec::push::{fcm, webpush};
 use crate::domain::ids::DOORBELL_NAME_MAX;
 use crate::domain::{check_name, check_name_within, valid_id, Environment, Platform};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -57,13 +57,11 @@ impl Push {
     }
 
     /// A Web Push subscription as the phones table keeps it (`PushSubscription.toJSON()`
-    /// without `expirationTime`); `None` for the other platforms.
+    /// without `expirationTime`, in the one form every way in writes:
+    /// [`webpush::stored_json`]); `None` for the other platforms.
     pub fn subscription_json(&self) -> Option<String> {
         match self {
-            Push::WebPush { endpoint, p256dh, auth } => {
-                let keys = KeysOut { p256dh: URL_SAFE_NO_PAD.encode(p256dh), auth: URL_SAFE_NO_PAD.encode(auth) };
-                Some(serde_json::to_string(&SubscriptionOut { endpoint, keys }).expect("plain structs serialize"))
-            }
+            Push::WebPush { endpoint, p256dh, auth } => Some(webpush::stored_json(endpoint, p256dh, auth)),
             _ => None,
         }
     }
@@ -124,6 +122,8 @@ fn endpoint(s: &str) -> Result<String, String> {
     if s.len() > ENDPOINT_MAX || host.is_empty() || host.contains('@') || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad());
     }
+    // What the Web Push transport could not send to is refused here, not found at the ring.
+    webpush::check_endpoint_url(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 
@@ -393,6 +393,8 @@ mod tests {
             (web(&["subscription", "endpoint"], "https://".into()), "endpoint"),
             (web(&["subscription", "endpoint"], "https://u:p@evil.example/".into()), "endpoint"),
             (web(&["subscription", "endpoint"], "https://a.example/ x".into()), "endpoint"),
+            // Printable, but no request URI: the transport could not send to it.
+            (web(&["subscription", "endpoint"], "https://a.example/a<b".into()), "endpoint: is not a valid URL"),
             (web(&["subscription", "endpoint"], long.into()), "endpoint"),
             (web(&["subscription", "keys", "auth"], URL_SAFE_NO_PAD.encode([1u8; 15]).into()), "auth"),
             (web(&["subscription", "keys", "p256dh"], URL_SAFE_NO_PAD.encode([4u8; 65]).into()), "p256dh"),

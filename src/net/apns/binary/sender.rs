@@ -150,7 +150,7 @@ impl BinarySender {
         }
         let mut order = Vec::with_capacity(range.len());
         for (i, t) in targets.iter().enumerate().take(range.end).skip(range.start) {
-            if t.environment != s.environment {
+            if t.environment() != s.environment {
                 // A legacy push certificate serves one environment only.
                 let _ = out.send((i, Outcome::Failed { reason: Reason::BadCertificateEnvironment, status: 0 }));
             } else if order.len() >= window::MAX_POSITIONS {
@@ -242,7 +242,7 @@ impl BinarySender {
         for p in positions {
             let i = batch.order[p];
             if !matches!(outcome, Outcome::Delivered) {
-                debug!(token = %batch.targets[i].token.short(), state = %outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
+                debug!(token = %batch.targets[i].token().short(), state = %outcome.state(), reason = ?outcome.reason(), "legacy notification refused");
             }
             let _ = batch.out.send((i, outcome.clone()));
         }
@@ -300,7 +300,7 @@ impl BinarySender {
             while buf.len() < CHUNK && !last {
                 let n = match w.next_step() {
                     Step::Send(p) => Notification {
-                        token: batch.targets[batch.order[p]].token.bytes(),
+                        token: batch.targets[batch.order[p]].token().bytes(),
                         payload: &batch.msg.payload,
                         identifier: window::identifier(p),
                         expiry,

@@ -149,7 +149,7 @@ impl Http2Client {
                 match lane.next(&batch.queue) {
                     Step::Send(i) => {
                         let w = wire.as_mut().expect("the lane sends only on a connection");
-                        match start(&mut w.send, &prep, &batch.targets[i].token).await {
+                        match start(&mut w.send, &prep, batch.targets[i].token()).await {
                             Ok(resp) => {
                                 let gen = lane.bearer_gen();
                                 inflight.push(async move { (i, answer(resp).await, gen) });
@@ -229,7 +229,7 @@ impl Http2Client {
                                 }
                                 if judged.outcome != Outcome::Delivered {
                                     if let Some(r) = judged.outcome.reason() {
-                                        debug!(token = %batch.targets[i].token.short(), status, reason = %r, "APNs refused a notification");
+                                        debug!(token = %batch.targets[i].token().short(), status, reason = %r, "APNs refused a notification");
                                     }
                                 }
                                 batch.report(i, judged.outcome);

@@ -170,7 +170,7 @@ impl Http2Client {
         }
         let mut by_env: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         for i in range {
-            by_env[env_index(targets[i].environment)].push(i);
+            by_env[env_index(targets[i].environment())].push(i);
         }
         let envs = [Environment::Sandbox, Environment::Production];
         let jobs = envs.into_iter().zip(by_env).filter(|(_, idx)| !idx.is_empty()).map(|(env, idx)| {

@@ -5,13 +5,7 @@ use crate::domain::{Environment, Reason, Token};
 
 fn targets(n: usize) -> Arc<Vec<Target>> {
     Arc::new(
-        (0..n)
-            .map(|i| Target {
-                phone_id: 100 + i as i64,
-                token: Token::Inline([i as u8; 32]),
-                environment: Environment::Production,
-            })
-            .collect(),
+        (0..n).map(|i| Target::apns(100 + i as i64, Token::Inline([i as u8; 32]), Environment::Production)).collect(),
     )
 }
 
@@ -45,7 +39,7 @@ fn final_outcomes_are_recorded_with_their_place_in_the_job() {
     assert!(r.answered());
     let rows = r.take_rows();
     assert_eq!(rows.iter().map(|row| (row.seq, row.phone_id)).collect::<Vec<_>>(), vec![(12, 102), (10, 100)]);
-    assert_eq!(rows[1].token, Token::Inline([0; 32]));
+    assert_eq!(rows[1].address, Target::apns(0, Token::Inline([0; 32]), Environment::Production).address);
     assert_eq!(r.unwritten(), 0);
 }
 
