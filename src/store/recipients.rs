@@ -205,24 +205,74 @@ impl Store {
         let tx = self.conn.transaction()?;
         let version = KeptRecipients::version(&tx)?;
         let users = users_of(&tx, doorbell)?;
-        // Sized once: growing by doubling would hold two copies of a building's job at once.
-        let mut phones = Vec::with_capacity(phones_of(&tx, &users)?);
+        let mut list = List::with_capacity(phones_of(&tx, &users)?);
         let mut sent = 0;
         each_recipient(&tx, &users, &mut |p| {
-            phones.push(p);
+            list.push(p);
             // Only parts with more phones behind them: the last part is the whole list.
-            if EARLY.contains(&phones.len()) {
-                early(Recipients::from_phones(phones[sent..].to_vec()), sent);
-                sent = phones.len();
+            if EARLY.contains(&list.targets.len()) {
+                early(list.part(sent), sent);
+                sent = list.targets.len();
             }
             Ok(())
         })?;
         tx.commit()?;
-        let phones = Recipients::from_phones(phones);
+        let phones = list.finish();
         self.conn.execute("UPDATE rings SET phones = ?2 WHERE id = ?1", params![ring_id, phones.len() as i64])?;
         self.recipients.keep(doorbell, version, &phones);
         // A list that ended right at an early mark was handed over whole already.
         Ok((phones, sent))
+    }
+}
+
+/// A recipient list as it is read: the targets directly (a building's phones are held once,
+/// never as [`JobPhone`]s first), and app topics only once one differs.
+struct List {
+    targets: Vec<Target>,
+    /// The app topic of every phone so far, once not all are the same.
+    topics: Option<Vec<Option<String>>>,
+    /// The app topic of every phone so far, while all are the same.
+    same: Option<Option<String>>,
+}
+
+impl List {
+    /// Sized once: growing by doubling would hold two copies of a building's job at once.
+    fn with_capacity(n: usize) -> List {
+        List { targets: Vec::with_capacity(n), topics: None, same: None }
+    }
+
+    fn push(&mut self, p: JobPhone) {
+        match (&mut self.topics, &self.same) {
+            (Some(topics), _) => topics.push(p.topic),
+            (None, None) => self.same = Some(p.topic),
+            (None, Some(same)) if *same == p.topic => {}
+            (None, Some(same)) => {
+                let mut topics = vec![same.clone(); self.targets.len()];
+                topics.push(p.topic);
+                self.topics = Some(topics);
+            }
+        }
+        self.targets.push(Target { phone_id: p.phone_id, address: p.address });
+    }
+
+    fn topics(&self, from: usize) -> Topics {
+        match &self.topics {
+            Some(t) => Topics::PerPhone(Arc::new(t[from..].to_vec())),
+            None => Topics::Same(self.same.clone().flatten()),
+        }
+    }
+
+    /// A copy of the phones from `from` on.
+    fn part(&self, from: usize) -> Recipients {
+        Recipients { targets: Arc::new(self.targets[from..].to_vec()), topics: self.topics(from) }
+    }
+
+    fn finish(self) -> Recipients {
+        let topics = match self.topics {
+            Some(t) => Topics::PerPhone(Arc::new(t)),
+            None => Topics::Same(self.same.flatten()),
+        };
+        Recipients { targets: Arc::new(self.targets), topics }
     }
 }
 
@@ -361,6 +411,31 @@ mod tests {
         let again = ring(&mut s, "r2", now + 1);
         assert!(!again.unread && again.read_at_us.is_some());
         assert!(Arc::ptr_eq(&again.phones.targets, &all.targets), "kept, not read again");
+    }
+
+    /// App topics are kept per phone only once one differs, and stay aligned with the
+    /// phones, in the parts too.
+    #[test]
+    fn a_list_keeps_topics_per_phone_only_when_they_differ() {
+        let phone = |i: i64, topic: Option<&str>| JobPhone {
+            phone_id: i,
+            address: Address::Apns { token: Token::Inline([i as u8; 32]), environment: Environment::Production },
+            topic: topic.map(str::to_string),
+        };
+        let mut same = List::with_capacity(2);
+        same.push(phone(1, None));
+        same.push(phone(2, None));
+        assert_eq!(same.finish().topics, Topics::Same(None));
+        let mut list = List::with_capacity(4);
+        list.push(phone(1, None));
+        list.push(phone(2, None));
+        list.push(phone(3, Some("com.example.other")));
+        list.push(phone(4, None));
+        let part = list.part(2);
+        assert_eq!(part.targets.iter().map(|t| t.phone_id).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(part.topics, Topics::PerPhone(Arc::new(vec![Some("com.example.other".into()), None])));
+        let Topics::PerPhone(all) = list.finish().topics else { panic!("per phone") };
+        assert_eq!(*all, vec![None, None, Some("com.example.other".into()), None]);
     }
 
     /// Small lists are read with the ring; without `read_later` every list is.

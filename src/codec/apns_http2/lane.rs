@@ -36,45 +36,64 @@ pub const MAX_REPLACEMENTS: u32 = 5;
 /// into the batch's targets) and are claimed in runs.
 #[derive(Debug)]
 pub struct Queue {
-    phones: Vec<usize>,
+    phones: Phones,
     cursor: AtomicUsize,
+}
+
+/// Which phones a [`Queue`] holds.
+#[derive(Debug)]
+enum Phones {
+    /// Consecutive ones (a batch of one environment: no list of 120,000 indexes).
+    Run(Range<usize>),
+    List(Vec<usize>),
 }
 
 impl Queue {
     pub fn new(phones: Vec<usize>) -> Queue {
-        Queue { phones, cursor: AtomicUsize::new(0) }
+        Queue { phones: Phones::List(phones), cursor: AtomicUsize::new(0) }
+    }
+
+    /// The phones `run`, in order.
+    pub fn run(run: Range<usize>) -> Queue {
+        Queue { phones: Phones::Run(run), cursor: AtomicUsize::new(0) }
     }
 
     pub fn len(&self) -> usize {
-        self.phones.len()
+        match &self.phones {
+            Phones::Run(r) => r.len(),
+            Phones::List(v) => v.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.phones.is_empty()
+        self.len() == 0
     }
 
     /// Claims up to `n` positions; an empty range once every position is claimed.
     pub fn claim(&self, n: usize) -> Range<usize> {
-        let len = self.phones.len();
+        let len = self.len();
         let start = self.cursor.fetch_add(n, Ordering::AcqRel).min(len);
         start..(start + n).min(len)
     }
 
     /// Every position is claimed.
     pub fn drained(&self) -> bool {
-        self.cursor.load(Ordering::Acquire) >= self.phones.len()
+        self.cursor.load(Ordering::Acquire) >= self.len()
     }
 
     /// The phone at position `pos`.
     pub fn phone(&self, pos: usize) -> usize {
-        self.phones[pos]
+        match &self.phones {
+            Phones::Run(r) => r.start + pos,
+            Phones::List(v) => v[pos],
+        }
     }
 
     /// Claims whatever is left (lanes that all died leave it): those phones.
     pub fn take_rest(&self) -> impl Iterator<Item = usize> + '_ {
-        let len = self.phones.len();
+        let len = self.len();
         let start = self.cursor.fetch_add(len, Ordering::AcqRel).min(len);
-        self.phones[start..].iter().copied()
+        (start..len).map(|pos| self.phone(pos))
     }
 }
 

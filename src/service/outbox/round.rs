@@ -36,13 +36,31 @@ impl RetryPolicy {
     }
 }
 
+/// The places in the ring's job of a round's phones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seqs {
+    /// Consecutive from this one (a first round: no list of 120,000 numbers).
+    Run(i64),
+    /// One by one (retries, phones of several platforms).
+    List(Vec<i64>),
+}
+
+impl Seqs {
+    fn get(&self, k: usize) -> i64 {
+        match self {
+            Seqs::Run(first) => first + k as i64,
+            Seqs::List(v) => v[k],
+        }
+    }
+}
+
 /// One round: the phones sent to (`targets[from..]`, with their places `seqs` in the ring's
 /// job) and what came back for them.
 #[derive(Debug)]
 pub struct Round {
     targets: Arc<Vec<Target>>,
     from: usize,
-    seqs: Vec<i64>,
+    seqs: Seqs,
     /// Which phones got an outcome: one the transport never answered for (a bug, a panicked
     /// task) is retried, not left to expire unnoticed.
     heard: Vec<bool>,
@@ -53,6 +71,12 @@ pub struct Round {
     /// Apple's longest `retry-after` among the retries.
     hint: Option<Duration>,
     answered: bool,
+}
+
+impl From<Vec<i64>> for Seqs {
+    fn from(v: Vec<i64>) -> Seqs {
+        Seqs::List(v)
+    }
 }
 
 /// What a round came to.
@@ -70,9 +94,10 @@ pub struct RoundEnd {
 
 impl Round {
     /// A round over `targets[from..]`; `seqs[k]` is the place of `targets[from + k]`.
-    pub fn new(targets: Arc<Vec<Target>>, from: usize, seqs: Vec<i64>) -> Round {
+    pub fn new(targets: Arc<Vec<Target>>, from: usize, seqs: impl Into<Seqs>) -> Round {
         let n = targets.len() - from;
-        debug_assert_eq!(seqs.len(), n);
+        let seqs = seqs.into();
+        debug_assert!(!matches!(&seqs, Seqs::List(v) if v.len() != n));
         Round {
             from,
             heard: vec![false; n],
@@ -106,7 +131,7 @@ impl Round {
         self.answered = true;
         let k = i - self.from;
         self.heard[k] = true;
-        let (t, seq) = (&self.targets[i], self.seqs[k]);
+        let (t, seq) = (&self.targets[i], self.seqs.get(k));
         match outcome {
             Outcome::Retry { after, .. } => {
                 self.hint = self.hint.max(after);
@@ -148,7 +173,7 @@ impl Round {
             if !heard {
                 unheard += 1;
                 retry.push(self.targets[self.from + k].clone());
-                seqs.push(self.seqs[k]);
+                seqs.push(self.seqs.get(k));
             }
         }
         let progressed = retry.len() < self.heard.len();

@@ -3,7 +3,7 @@
 //! and, for iPhones, app topic ([`Share`]), every share through its transport ([`Route`]) at
 //! the same time; outcomes are recorded in batches; retries follow [`Retries`].
 
-use super::round::{Next, Retries, Round};
+use super::round::{Next, Retries, Round, Seqs};
 use super::{
     Latency, Outbox, OutboxSettings, RingReport, Transport, Transports, DETAIL_LIMIT, FLUSH_EVERY, STORE_RETRY_MAX,
     STORE_RETRY_MIN, TRIM_AFTER,
@@ -119,7 +119,7 @@ impl Progress {
 
 /// The phones of a part that share a [`Share`]: their targets (from a place in them) and
 /// their places in the job.
-type Group = (Share, Arc<Vec<Target>>, usize, Vec<i64>);
+type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
 
 /// Which kind of phones a [`Group`] holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -206,7 +206,7 @@ fn split(part: Part) -> Vec<Group> {
         && matches!(phones.topics, Topics::Same(_))
         && mine.iter().all(|t| t.platform() == Platform::Apns);
     if one_share {
-        return vec![(share_of(from, first), phones.targets.clone(), from, seqs.collect())];
+        return vec![(share_of(from, first), phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
     }
     let mut by_share: HashMap<Share, (Vec<Target>, Vec<i64>)> = HashMap::new();
     for ((k, t), seq) in mine.iter().enumerate().map(|(k, t)| (from + k, t)).zip(seqs) {
@@ -214,7 +214,7 @@ fn split(part: Part) -> Vec<Group> {
         seqs.push(seq);
         targets.push(t.clone());
     }
-    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), 0, seqs)).collect()
+    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), 0, Seqs::List(seqs))).collect()
 }
 
 impl Outbox {

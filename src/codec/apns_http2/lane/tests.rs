@@ -49,6 +49,11 @@ fn the_queue_hands_out_runs_once() {
     q.claim(1);
     assert_eq!(q.take_rest().collect::<Vec<_>>(), vec![8, 9]);
     assert!(q.drained());
+    // Consecutive phones need no list.
+    let q = Queue::run(100..105);
+    assert_eq!((q.len(), q.claim(2)), (5, 0..2));
+    assert_eq!(q.phone(1), 101);
+    assert_eq!(q.take_rest().collect::<Vec<_>>(), vec![102, 103, 104]);
 }
 
 #[test]

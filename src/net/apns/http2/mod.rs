@@ -168,15 +168,28 @@ impl Http2Client {
             }
             return SendTiming::default();
         }
-        let mut by_env: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
-        for i in range {
-            by_env[env_index(targets[i].environment())].push(i);
-        }
-        let envs = [Environment::Sandbox, Environment::Production];
-        let jobs = envs.into_iter().zip(by_env).filter(|(_, idx)| !idx.is_empty()).map(|(env, idx)| {
+        // Nearly always every phone is of one environment: then the batch is the range itself.
+        let first = range.clone().next().map(|i| targets[i].environment());
+        let queues: Vec<(Environment, Queue)> = match first {
+            None => Vec::new(),
+            Some(env) if range.clone().all(|i| targets[i].environment() == env) => vec![(env, Queue::run(range))],
+            Some(_) => {
+                let mut by_env: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+                for i in range {
+                    by_env[env_index(targets[i].environment())].push(i);
+                }
+                let envs = [Environment::Sandbox, Environment::Production];
+                envs.into_iter()
+                    .zip(by_env)
+                    .filter(|(_, idx)| !idx.is_empty())
+                    .map(|(e, idx)| (e, Queue::new(idx)))
+                    .collect()
+            }
+        };
+        let jobs = queues.into_iter().map(|(env, queue)| {
             let me = self.clone();
             let (msg, targets, out, stop) = (msg.clone(), targets.clone(), out.clone(), stop.clone());
-            async move { me.send_env(env, msg, targets, idx, out, stop).await }
+            async move { me.send_env(env, msg, targets, queue, out, stop).await }
         });
         futures_util::future::join_all(jobs).await.into_iter().fold(SendTiming::default(), SendTiming::merge)
     }
@@ -186,19 +199,19 @@ impl Http2Client {
         env: Environment,
         msg: Arc<Message>,
         targets: Arc<Vec<Target>>,
-        idx: Vec<usize>,
+        queue: Queue,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: CancellationToken,
     ) -> SendTiming {
         // Size the lanes by the smaller of our cap and the last stream limit a server announced.
-        let lanes = self.width(idx.len()).max(1);
+        let lanes = self.width(queue.len()).max(1);
         // Every lane gets its connection itself (slot k of the pool), at the same time: the
         // first requests go out on the first connection ready, not after all are.
         let batch = Arc::new(Batch {
             env,
             msg,
             targets,
-            queue: Queue::new(idx),
+            queue,
             out,
             stop,
             lanes,

@@ -18,6 +18,15 @@ fn ids(v: &[Target]) -> Vec<i64> {
 }
 
 #[test]
+fn a_first_round_needs_no_list_of_places() {
+    let mut r = Round::new(targets(3), 1, Seqs::Run(41));
+    r.on_outcome(2, Outcome::Delivered);
+    assert_eq!(r.take_rows()[0].seq, 42);
+    let end = r.end();
+    assert_eq!((ids(&end.retry), end.seqs), (vec![101], vec![41]));
+}
+
+#[test]
 fn a_round_can_start_inside_its_targets() {
     // The phones after the first two (sent earlier, in a round of their own).
     let mut r = Round::new(targets(5), 2, vec![2, 3, 4]);
@@ -55,7 +64,7 @@ fn rows_the_store_refused_go_first_in_the_next_write() {
 
 #[test]
 fn a_batch_is_full_at_batch_size() {
-    let mut r = Round::new(targets(BATCH + 1), 0, (0..=BATCH as i64).collect());
+    let mut r = Round::new(targets(BATCH + 1), 0, Seqs::Run(0));
     for i in 0..BATCH - 1 {
         r.on_outcome(i, Outcome::Delivered);
     }
