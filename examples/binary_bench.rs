@@ -99,6 +99,7 @@ async fn main() {
             recorded_at: now,
             expiry_ms: 600_000,
             debounce_ms: 3_000,
+            read_later: false,
         })
     };
     let RingStart::Created(job) = store.run(press).await.unwrap() else { panic!("no ring") };
@@ -142,10 +143,18 @@ async fn main() {
         store,
         Transport::Binary(sender),
         None,
-        OutboxSettings { topic: "com.example.doorbell".into(), sound: "default".into(), retry: RetryPolicy::default() },
+        OutboxSettings {
+            topic: "com.example.doorbell".into(),
+            environment: dingdong::domain::Environment::Production,
+            sound: "default".into(),
+            retry: RetryPolicy::default(),
+        },
     );
     let (t0, cpu0) = (Instant::now(), cpu_secs());
-    let report = outbox.deliver(job, CancellationToken::new()).await.expect("delivered");
+    let report = outbox
+        .deliver(job, dingdong::domain::RingTiming::default(), CancellationToken::new())
+        .await
+        .expect("delivered");
     let took = t0.elapsed();
     let cpu = cpu_secs() - cpu0;
     let s = &report.summary;

@@ -39,6 +39,7 @@ fn main() {
             recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
+            read_later: false,
         };
         let t = Instant::now();
         let RingStart::Created(job) = store.create_ring(&press).unwrap() else { panic!("ring not created") };

@@ -96,15 +96,23 @@ async fn ring(db: &Path, transport: Transport) -> dingdong::service::outbox::Rin
                 recorded_at: now,
                 expiry_ms: 600_000,
                 debounce_ms: 3_000,
+                read_later: false,
             })
         })
         .await
         .unwrap();
     let RingStart::Created(job) = job else { panic!("ring not created: {job:?}") };
-    let settings =
-        OutboxSettings { topic: "com.example.doorbell".into(), sound: "default".into(), retry: RetryPolicy::default() };
+    let settings = OutboxSettings {
+        topic: "com.example.doorbell".into(),
+        environment: dingdong::domain::Environment::Production,
+        sound: "default".into(),
+        retry: RetryPolicy::default(),
+    };
     let outbox = Outbox::new(store, transport, None, settings);
-    outbox.deliver(job, CancellationToken::new()).await.expect("ring delivered")
+    outbox
+        .deliver(job, dingdong::domain::RingTiming::default(), CancellationToken::new())
+        .await
+        .expect("ring delivered")
 }
 
 fn phones_left(db: &Path) -> HashSet<String> {

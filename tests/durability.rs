@@ -221,6 +221,7 @@ async fn an_expired_ring_is_never_sent() {
             recorded_at: old + 10,
             expiry_ms: 300_000,
             debounce_ms: 2_000,
+            read_later: false,
         };
         assert!(matches!(s.create_ring(&p).unwrap(), dingdong::store::rings::RingStart::Created(_)));
     }

@@ -138,6 +138,22 @@ async fn diag_names_a_broker_down() {
     assert_fault(&s, "broker down").await;
 }
 
+/// A broker as Debian installs it (Nagle's algorithm on): a press that follows an
+/// acknowledgement waits some 40 ms. diag measures it and says how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diag_names_a_broker_that_holds_messages_back() {
+    let s = healthy().await;
+    let dir = s.dir.path().join("stock");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stock = Mosquitto::start_with(&dir, free_port(), false);
+    set_config(&s.cfg, &s.broker.url(), &stock.url());
+    let (code, report) = diag(&s.cfg).await;
+    assert_eq!(code, 0, "a warning, not a failure: {report:#}");
+    let broker = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "broker").unwrap();
+    assert_eq!(broker["level"], "warn", "{broker}");
+    assert!(broker["fix"].as_str().unwrap().contains("set_tcp_nodelay true"), "{broker}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diag_names_clock_skew() {
     let s = setup(CertOptions::default(), 600, Auth::Token).await;

@@ -87,6 +87,7 @@ pub fn transports(cfg: &Config) -> Result<Transports, settings::SettingsError> {
 fn outbox_settings(cfg: &Config) -> OutboxSettings {
     OutboxSettings {
         topic: cfg.apns.topic.as_str().into(),
+        environment: cfg.apns.environment,
         sound: cfg.ring.sound.clone(),
         retry: RetryPolicy::default(),
     }
@@ -184,6 +185,10 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     let ringer = Arc::new(Ringer::new(store.clone(), cfg.ring.expiry.0, cfg.ring.debounce.0, stats.clone()));
     let heartbeat = Arc::new(AtomicI64::new(crate::domain::now_ms()));
 
+    // Connections for the widest ring to expect are opened now and kept (Apple asks
+    // providers to keep them open): the first press finds them ready.
+    outbox.expect(store.run(|s| s.expected_ring_phones()).await?);
+    outbox.prepare();
     // Rings a crash or shutdown left unfinished go out first (or are marked expired).
     resume(&store, &outbox, &deliveries, &stop).await?;
 
@@ -323,6 +328,7 @@ impl Running {
         }
         warn_readable_secrets(&new);
         self.outbox.replace(transport, outbox_settings(&new));
+        self.outbox.prepare();
         self.certificate_expiry.store(settings::certificate_expiry(&new).unwrap_or(0), Ordering::Relaxed);
         self.ringer.set_rules(RingRules { expiry: new.ring.expiry.0, debounce: new.ring.debounce.0 });
         let restart = old.restart_needed(&new);
@@ -357,7 +363,8 @@ async fn resume(
         }
         info!(ring = %job.ring_id, phones = job.phones.len(), "resuming unfinished ring");
         let (outbox, stop) = (outbox.clone(), stop.clone());
-        tracker.spawn(async move { outbox.deliver(job, stop).await });
+        let timing = crate::domain::RingTiming::received_at(job.received_at * 1000);
+        tracker.spawn(async move { outbox.deliver(job, timing, stop).await });
     }
     Ok(())
 }

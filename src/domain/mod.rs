@@ -9,6 +9,7 @@ pub mod outcome;
 pub mod press;
 pub mod state;
 pub mod time;
+pub mod timing;
 pub mod token;
 
 pub use ids::{check_id, check_name, check_name_within, check_text, printable, valid_id, NameError, NAME_MAX};
@@ -16,4 +17,5 @@ pub use outcome::{short_endpoint, Address, Message, Notice, Outcome, Platform, R
 pub use press::{ButtonPress, Source};
 pub use state::{PhoneState, RingState};
 pub use time::{now_ms, now_us};
+pub use timing::RingTiming;
 pub use token::{normalize_token, short_token, Environment, Token, TokenError, TOKEN_MAX_BYTES, TOKEN_MIN_BYTES};

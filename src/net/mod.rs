@@ -6,6 +6,7 @@ pub mod apns;
 pub mod fcm;
 pub mod https;
 pub mod mqtt;
+pub mod quickack;
 pub mod scrape;
 pub mod tls;
 pub mod webpush;

@@ -106,6 +106,7 @@ mod tests {
                 recorded_at: at,
                 expiry_ms: 300_000,
                 debounce_ms: 0,
+                read_later: false,
             };
             assert!(matches!(s.create_ring(&press).unwrap(), RingStart::Created(_)));
             s.finish_ring(&id, Latency::default()).unwrap();
@@ -119,6 +120,7 @@ mod tests {
             recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 0,
+            read_later: false,
         };
         s.create_ring(&fresh).unwrap();
         let store = StoreHandle::spawn(s);

@@ -11,7 +11,7 @@
 
 use crate::codec::bridge::{self, Inbound};
 use crate::codec::homeassistant as ha;
-use crate::domain::ButtonPress;
+use crate::domain::{ButtonPress, RingTiming};
 use crate::net::mqtt::{Ack, Incoming};
 use crate::service::outbox::Outbox;
 use crate::service::pairing::Pairing;
@@ -51,6 +51,8 @@ struct Kept {
     press: ButtonPress,
     topic: String,
     received_at: i64,
+    /// The same moment in µs, for the ring's timing.
+    received_us: i64,
     ack: Ack,
 }
 
@@ -134,7 +136,8 @@ impl Intake {
 
     /// Handles a message; a press comes back to be recorded with the others of its batch.
     async fn on_message(&self, m: Incoming, mem: &mut Memory) -> Option<Kept> {
-        let received_at = crate::domain::now_ms();
+        let received_us = crate::domain::now_us();
+        let received_at = received_us / 1000;
         if m.oversize() {
             self.ringer.stats.oversize.fetch_add(1, Ordering::Relaxed);
             if remember(&mut mem.logged, format!("oversize {}", m.topic)) {
@@ -188,7 +191,7 @@ impl Intake {
         if let Some(metrics) = &self.metrics {
             metrics.press(press.source);
         }
-        Some(Kept { press, topic: m.topic, received_at, ack: m.ack })
+        Some(Kept { press, topic: m.topic, received_at, received_us, ack: m.ack })
     }
 
     /// Records the presses of a batch in one transaction; on a store fault they are kept.
@@ -196,6 +199,9 @@ impl Intake {
         if presses.is_empty() {
             return;
         }
+        // While the store records the presses, the transport opens (or checks) what their
+        // rings will send on.
+        self.outbox.prepare();
         if !mem.kept.is_empty() {
             // The store is failing: behind the others, in order.
             self.ringer.stats.kept.fetch_add(presses.len() as u64, Ordering::Relaxed);
@@ -215,10 +221,12 @@ impl Intake {
             .collect();
         match self.ringer.presses(batch).await {
             Ok(results) => {
+                let recorded = crate::domain::now_us();
                 for (k, result) in presses.into_iter().zip(results) {
                     // In the database: only now may the broker forget the press.
                     self.publisher.ack(k.ack);
-                    self.rang(result, mem);
+                    let timing = RingTiming { recorded: Some(recorded), ..RingTiming::received_at(k.received_us) };
+                    self.rang(result, timing, mem);
                 }
                 Ok(())
             }
@@ -271,12 +279,12 @@ impl Intake {
     }
 
     /// What follows a recorded press.
-    fn rang(&self, result: PressResult, mem: &mut Memory) {
+    fn rang(&self, result: PressResult, timing: RingTiming, mem: &mut Memory) {
         match result {
             PressResult::Ring(job) => {
                 self.ring_event(&job, mem);
                 let (outbox, stop) = (self.outbox.clone(), self.stop.clone());
-                self.deliveries.spawn(async move { outbox.deliver(job, stop).await });
+                self.deliveries.spawn(async move { outbox.deliver(job, timing, stop).await });
             }
             PressResult::Expired(ring_id) => {
                 let outbox = self.outbox.clone();

@@ -175,13 +175,26 @@ impl Metrics {
 
     /// A phone's final outcome, as recorded, under its own platform.
     pub fn notification(&self, platform: Platform, env: Environment, state: PhoneState, reason: Option<&Reason>) {
+        self.notifications_n(platform, env, state, reason, 1);
+    }
+
+    /// `n` phones' final outcomes alike (a batch's deliveries are counted at once: the
+    /// labels are looked up once, not once per phone of a building).
+    pub fn notifications_n(
+        &self,
+        platform: Platform,
+        env: Environment,
+        state: PhoneState,
+        reason: Option<&Reason>,
+        n: u64,
+    ) {
         let labels = NotificationLabels {
             platform: platform.as_str(),
             environment: env.as_str(),
             outcome: state.as_str(),
             reason: reason_label(reason),
         };
-        self.notifications.get_or_create(&labels).inc();
+        self.notifications.get_or_create(&labels).inc_by(n);
     }
 
     pub fn retry(&self, platform: Platform, reason: Option<&Reason>) {
@@ -209,6 +222,12 @@ impl Metrics {
     /// A delivery of `phones` phones starts.
     pub fn delivery_started(&self, phones: usize) {
         self.delivering.inc();
+        self.pending_phones.inc_by(phones as i64);
+    }
+
+    /// A delivery under way learnt of `phones` more phones (a big doorbell's, read while the
+    /// first are sent).
+    pub fn more_pending(&self, phones: usize) {
         self.pending_phones.inc_by(phones as i64);
     }
 

@@ -168,6 +168,7 @@ mod tests {
             recorded_at: at,
             expiry_ms: 300_000,
             debounce_ms: 0,
+            read_later: false,
         };
         let RingStart::Created(job) = s.create_ring(&press).unwrap() else { panic!("no ring") };
         let t = &job.phones.targets;

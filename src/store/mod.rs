@@ -14,6 +14,7 @@ pub mod import;
 pub mod pairing;
 pub mod phones;
 pub mod presses;
+pub mod recipients;
 pub mod rings;
 pub mod schema;
 pub mod states;
@@ -50,7 +51,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Connection,
     /// Big recipient lists kept between rings (see `Store::create_ring`).
-    recipients: rings::KeptRecipients,
+    recipients: recipients::KeptRecipients,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

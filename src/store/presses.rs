@@ -84,6 +84,7 @@ impl Store {
                 recorded_at: now.max(p.received_at),
                 expiry_ms,
                 debounce_ms,
+                read_later: true,
             })?;
             out.push(Recorded::Doorbell { doorbell_id, learned, start });
         }

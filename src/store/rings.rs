@@ -2,11 +2,12 @@
 //! it must reach are written in one transaction before the first send; outcomes are written
 //! in batches; pruning honours re-registration.
 
+use super::recipients::{recipients_bound, KeptRecipients, READ_LATER_FROM};
+pub use super::recipients::{recipients_on, JobPhone, Recipients, Topics};
 use super::{Result, Store};
-use crate::domain::{Address, Environment, Outcome, PhoneState, Platform, RingState, Target, Token};
+use crate::domain::{Address, Outcome, PhoneState, Platform, RingState};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
-use std::sync::Arc;
 
 /// What pressing the button did to the rings table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,72 +34,12 @@ pub struct RingJob {
     /// The phones to reach. A phone's place in `phones.targets` is its `seq` in the job:
     /// consecutive deliveries are recorded as one run.
     pub phones: Recipients,
+    /// The phones were not read yet (a big doorbell, recorded with [`Press::read_later`]):
+    /// the outbox reads them with [`Store::read_recipients`] while it sends the first.
+    pub unread: bool,
+    /// When the phones were read (µs since the epoch), for the ring's timing.
+    pub read_at_us: Option<i64>,
 }
-
-/// One phone a press reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobPhone {
-    pub phone_id: i64,
-    pub address: Address,
-    /// The app's bundle id, for an iPhone whose app differs from `apns.topic`.
-    pub topic: Option<String>,
-}
-
-/// A ring's phones as the transports take them: shared, not copied, between the ring and
-/// [`Store`]'s memory of the doorbell's recipients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipients {
-    pub targets: Arc<Vec<Target>>,
-    pub topics: Topics,
-}
-
-impl Default for Recipients {
-    /// No phones.
-    fn default() -> Self {
-        Recipients { targets: Arc::new(Vec::new()), topics: Topics::Same(None) }
-    }
-}
-
-/// The app topic of each phone of a [`Recipients`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Topics {
-    /// Every phone has this one (nearly always `None`: the configured `apns.topic`).
-    Same(Option<String>),
-    /// Phone by phone, in `targets` order.
-    PerPhone(Arc<Vec<Option<String>>>),
-}
-
-impl Recipients {
-    /// The job of `phones`, in their order. The phones' buffer becomes the targets' (no
-    /// second copy of a building's phones).
-    pub fn from_phones(phones: Vec<JobPhone>) -> Recipients {
-        let same = phones.windows(2).all(|w| w[0].topic == w[1].topic);
-        let topics = if same {
-            Topics::Same(phones.first().and_then(|p| p.topic.clone()))
-        } else {
-            Topics::PerPhone(Arc::new(phones.iter().map(|p| p.topic.clone()).collect()))
-        };
-        let mut targets: Vec<Target> =
-            phones.into_iter().map(|p| Target { phone_id: p.phone_id, address: p.address }).collect();
-        // Collected in place, the buffer keeps the size of the phones; hand the rest back.
-        targets.shrink_to_fit();
-        Recipients { targets: Arc::new(targets), topics }
-    }
-
-    pub fn len(&self) -> usize {
-        self.targets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-}
-
-/// Recipient lists of at least this many phones are kept between rings (see
-/// [`Store::create_ring`]); smaller ones are quicker to read again than to hold.
-const KEEP_RECIPIENTS_FROM: usize = 1_000;
-/// At most this many phones' worth of recipient lists are kept.
-const KEEP_RECIPIENTS_MAX: usize = 250_000;
 
 /// The press to record.
 pub struct Press<'a> {
@@ -112,6 +53,9 @@ pub struct Press<'a> {
     pub recorded_at: i64,
     pub expiry_ms: i64,
     pub debounce_ms: i64,
+    /// A big doorbell's recipients may be left to the outbox to read (see
+    /// [`super::recipients::READ_LATER_FROM`]), so that the ring is recorded at once.
+    pub read_later: bool,
 }
 
 /// A ring's outcome, as published on `P/ring/<id>` and shown by diag.
@@ -148,67 +92,6 @@ pub struct PhoneOutcome {
 pub struct Latency {
     pub first: Option<i64>,
     pub all: Option<i64>,
-}
-
-/// The phones a press of `doorbell` reaches, on a connection or inside a transaction: the
-/// owner's and every shared user's, in phone-id order, each token once (the oldest
-/// registration wins). Each user's phones are read in id order through `phones_user`, so a
-/// building of 120,000 phones is one sequential pass with no sort in SQLite. Phones of every
-/// platform: the outbox splits them by transport.
-pub(crate) fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<JobPhone>> {
-    let users: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT owner_id FROM doorbells WHERE id = ?1 UNION SELECT user_id FROM shares WHERE doorbell_id = ?1",
-        )?
-        .query_map([doorbell], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    // Sized once: growing by doubling would hold two copies of a building's job at once.
-    let mut count = conn.prepare_cached("SELECT COUNT(*) FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
-    let mut total = 0usize;
-    for user in &users {
-        total += count.query_row([user], |r| r.get::<_, i64>(0))? as usize;
-    }
-    let mut st = conn.prepare_cached(
-        "SELECT id, token, environment, topic, platform, subscription FROM phones INDEXED BY phones_user
-         WHERE user_id = ?1 ORDER BY id",
-    )?;
-    let mut phones = Vec::with_capacity(total);
-    for user in &users {
-        let mut rows = st.query([user])?;
-        while let Some(r) = rows.next()? {
-            let Some(address) = address_of(r)? else {
-                // Every way in validates tokens; a row edited by hand is skipped, not sent.
-                tracing::warn!(phone = r.get::<_, i64>(0)?, "a phone's token in the database is not usable: skipped");
-                continue;
-            };
-            phones.push(JobPhone { phone_id: r.get(0)?, address, topic: r.get(3)? });
-        }
-    }
-    if users.len() > 1 {
-        phones.sort_unstable_by_key(|p| p.phone_id);
-        let mut seen = std::collections::HashSet::with_capacity(phones.len());
-        phones.retain(|p| seen.insert(p.address.clone()));
-    }
-    Ok(phones)
-}
-
-/// The address of a phones row read as `id, token, environment, topic, platform, subscription`;
-/// `None` for a row no way in would have written (edited by hand).
-fn address_of(r: &rusqlite::Row) -> Result<Option<Address>> {
-    let text = |i| r.get_ref(i).and_then(|v| v.as_str().map_err(rusqlite::Error::from));
-    let token = text(1)?;
-    Ok(match text(4)? {
-        "apns" => Token::from_hex(token).map(|token| Address::Apns {
-            token,
-            environment: Environment::parse(text(2).unwrap_or("")).unwrap_or(Environment::Production),
-        }),
-        "fcm" => Some(Address::Fcm(token.into())),
-        "webpush" => {
-            let json: Option<String> = r.get(5)?;
-            json.and_then(|j| super::phones::webpush_keys(j.as_bytes()).ok()).map(|k| Address::WebPush(Arc::new(k)))
-        }
-        _ => None,
-    })
 }
 
 /// What a report may show of a phone's `token` column.
@@ -305,7 +188,18 @@ impl Store {
             tx.commit()?;
             return Ok(RingStart::Expired { ring_id: p.ring_id.into() });
         }
-        let phones = kept.read(&tx, p.doorbell_id)?;
+        // A big doorbell's list, unless kept, is read by the outbox while it sends: the ring
+        // counts at most `bound` phones until then (what expires unread is counted right).
+        let (phones, bound) = match kept.get(&tx, p.doorbell_id)? {
+            Some(phones) => (phones, None),
+            None => match p.read_later.then(|| recipients_bound(&tx, p.doorbell_id)).transpose()? {
+                Some(bound) if bound >= READ_LATER_FROM => (Recipients::default(), Some(bound)),
+                _ => (kept.read(&tx, p.doorbell_id)?, None),
+            },
+        };
+        let unread = bound.is_some();
+        let read_at_us = (!unread).then(crate::domain::now_us);
+        let count = bound.unwrap_or(phones.len());
         tx.execute(
             "INSERT INTO rings (id, doorbell_id, doorbell_name, pressed_at, received_at, expires_at, state, phones)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?7)",
@@ -316,7 +210,7 @@ impl Store {
                 p.pressed_at,
                 p.received_at,
                 expires_at,
-                phones.len(),
+                count,
                 RingState::Pending
             ],
         )?;
@@ -329,6 +223,8 @@ impl Store {
             received_at: p.received_at,
             expires_at,
             phones,
+            unread,
+            read_at_us,
         }))
     }
 
@@ -594,6 +490,8 @@ impl Store {
                     received_at: r.get(4)?,
                     expires_at: r.get(5)?,
                     phones: Recipients::default(),
+                    unread: false,
+                    read_at_us: None,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -614,6 +512,21 @@ impl Store {
         self.close_ring(ring_id, RingState::Expired, Latency::default())
     }
 
+    /// How many phones the next ring may reach, to open enough connections ahead of it: the
+    /// widest of the last 100 rings, or every phone when nothing has rung yet.
+    pub fn expected_ring_phones(&self) -> Result<usize> {
+        let widest: Option<i64> = self.conn.query_row(
+            "SELECT MAX(phones) FROM rings WHERE rowid > (SELECT IFNULL(MAX(rowid), 0) FROM rings) - 100",
+            [],
+            |r| r.get(0),
+        )?;
+        let n = match widest {
+            Some(n) => n,
+            None => self.conn.query_row("SELECT COUNT(*) FROM phones WHERE platform = 'apns'", [], |r| r.get(0))?,
+        };
+        Ok(n.max(0) as usize)
+    }
+
     /// The newest rings, for diag.
     pub fn recent_rings(&self, n: usize) -> Result<Vec<RingSummary>> {
         let ids: Vec<String> = self
@@ -625,54 +538,12 @@ impl Store {
     }
 }
 
-/// Recipient lists kept between rings (in [`Store`]), valid for one `recipients_version`.
-#[derive(Debug, Default)]
-pub struct KeptRecipients {
-    /// `recipients_version.n` and the highest phone id when the lists were read.
-    version: (i64, i64),
-    lists: std::collections::HashMap<String, Recipients>,
-}
-
-impl KeptRecipients {
-    /// `doorbell`'s recipients inside `tx`: the kept list when nothing changed since it was
-    /// read, else read now (and kept when big).
-    fn read(&mut self, tx: &rusqlite::Connection, doorbell: &str) -> Result<Recipients> {
-        // A new phone takes an id above every other (ids of removed phones are reused only
-        // after a removal, which moves the counter): the two together move on any change.
-        let version: (i64, i64) = tx.query_row(
-            "SELECT (SELECT n FROM recipients_version WHERE id = 1), (SELECT IFNULL(MAX(id), 0) FROM phones)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if version != self.version {
-            self.lists.clear();
-            self.version = version;
-        }
-        if let Some(r) = self.lists.get(doorbell) {
-            return Ok(r.clone());
-        }
-        let phones = Recipients::from_phones(recipients_on(tx, doorbell)?);
-        if phones.len() >= KEEP_RECIPIENTS_FROM {
-            if self.phones() + phones.len() > KEEP_RECIPIENTS_MAX {
-                self.lists.clear();
-            }
-            if phones.len() <= KEEP_RECIPIENTS_MAX {
-                self.lists.insert(doorbell.to_string(), phones.clone());
-            }
-        }
-        Ok(phones)
-    }
-
-    /// Phones held in kept lists.
-    pub fn phones(&self) -> usize {
-        self.lists.values().map(Recipients::len).sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Reason;
+    use crate::domain::{Environment, Reason};
+    use crate::store::recipients::KEEP_RECIPIENTS_FROM;
+    use std::sync::Arc;
 
     fn setup() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -701,6 +572,7 @@ mod tests {
             recorded_at: now,
             expiry_ms: 300_000,
             debounce_ms: 3_000,
+            read_later: false,
         }
     }
 

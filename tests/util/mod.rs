@@ -16,8 +16,11 @@ pub const TOPIC: &str = "com.example.doorbell";
 /// Generous bound for things that take milliseconds; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The `dingdong` binary under test; `DINGDONG_BIN` points the benchmark at another build
+/// (to compare two versions in alternating runs).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dingdong")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("DINGDONG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dingdong").to_string()))
 }
 
 pub fn free_port() -> u16 {
@@ -57,11 +60,18 @@ impl Mosquitto {
     /// Starts on a given port (to restart a broker where clients expect it), with
     /// persistence in `dir` so QoS 1 sessions survive a restart.
     pub fn start_on(dir: &Path, port: u16) -> Mosquitto {
+        Self::start_with(dir, port, true)
+    }
+
+    /// Like [`Mosquitto::start_on`]; `nodelay: false` leaves out `set_tcp_nodelay true`, as
+    /// Debian's mosquitto is installed (Nagle's algorithm on the broker's sockets).
+    pub fn start_with(dir: &Path, port: u16, nodelay: bool) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
+        let nodelay = if nodelay { "set_tcp_nodelay true\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\n{nodelay}persistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 dir.display()
             ),
         )

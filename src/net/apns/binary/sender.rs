@@ -129,15 +129,27 @@ impl BinarySender {
         targets: Arc<Vec<Target>>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
     ) {
+        let all = 0..targets.len();
+        self.send_range(msg, targets, all, out).await
+    }
+
+    /// Like [`BinarySender::send`], to `targets[range]` only (indexes stay those of `targets`).
+    pub async fn send_range(
+        &self,
+        msg: Arc<Message>,
+        targets: Arc<Vec<Target>>,
+        range: std::ops::Range<usize>,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+    ) {
         let s = &self.inner.settings;
         if msg.payload.len() > codec::MAX_PAYLOAD {
-            for i in 0..targets.len() {
+            for i in range {
                 let _ = out.send((i, Outcome::Failed { reason: Reason::PayloadTooLarge, status: 7 }));
             }
             return;
         }
-        let mut order = Vec::with_capacity(targets.len());
-        for (i, t) in targets.iter().enumerate() {
+        let mut order = Vec::with_capacity(range.len());
+        for (i, t) in targets.iter().enumerate().take(range.end).skip(range.start) {
             if t.environment() != s.environment {
                 // A legacy push certificate serves one environment only.
                 let _ = out.send((i, Outcome::Failed { reason: Reason::BadCertificateEnvironment, status: 0 }));

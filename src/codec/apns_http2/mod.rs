@@ -1,8 +1,29 @@
-//! Apple's HTTP/2 answers as decisions: status and body in, an [`Outcome`] out. Pure; the
-//! client in `net::apns::http2` carries out the side effects (a fresh provider token, stopping
-//! on a credentials refusal).
+//! Apple's HTTP/2 answers as decisions: status and body in, an [`Outcome`] out, and what the
+//! answer asks the client to do besides ([`Effect`]). Pure; the client in `net::apns::http2`
+//! carries out the side effects (a fresh provider token, stopping on a credentials refusal).
+//! [`lane`] is the state of one connection's share of a batch.
+
+pub mod lane;
 
 use crate::domain::{Outcome, Reason};
+
+/// What an answer asks of the client besides recording the phone's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `ExpiredProviderToken`: mint a fresh provider token now.
+    RefreshToken,
+    /// Apple refused our credentials: stop the transport instead of hammering Apple.
+    Stop(Reason),
+}
+
+/// The side effect `outcome` asks for, if any.
+pub fn effect(outcome: &Outcome) -> Option<Effect> {
+    match outcome.reason()? {
+        Reason::ExpiredProviderToken => Some(Effect::RefreshToken),
+        r if r.is_credentials() => Some(Effect::Stop(r.clone())),
+        _ => None,
+    }
+}
 
 /// The decision for an answer: `status` and up to 4 KB of its JSON body
 /// (`{"reason": ..., "timestamp": ...}`).
@@ -57,6 +78,18 @@ mod tests {
         let f = classify_reason(403, Some("InvalidProviderToken"), None);
         assert!(f.reason().unwrap().is_credentials());
         assert_eq!(Reason::parse("Whatever"), Reason::Other("Whatever".into()));
+    }
+
+    #[test]
+    fn effects_of_answers() {
+        assert_eq!(effect(&classify(200, b"")), None);
+        assert_eq!(effect(&classify(403, br#"{"reason":"ExpiredProviderToken"}"#)), Some(Effect::RefreshToken));
+        assert_eq!(
+            effect(&classify(403, br#"{"reason":"InvalidProviderToken"}"#)),
+            Some(Effect::Stop(Reason::InvalidProviderToken))
+        );
+        assert_eq!(effect(&classify(410, br#"{"reason":"Unregistered"}"#)), None);
+        assert_eq!(effect(&classify(503, b"")), None);
     }
 
     #[test]

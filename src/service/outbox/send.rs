@@ -1,0 +1,567 @@
+//! One delivery, from the ring's phones to its published outcome: the phones go out part by
+//! part (a big doorbell's first phones while the rest is read), each part split by platform
+//! and, for iPhones, app topic ([`Share`]), every share through its transport ([`Route`]) at
+//! the same time; outcomes are recorded in batches; retries follow [`Retries`].
+
+use super::round::{Next, Retries, Round, Seqs};
+use super::{
+    Latency, Outbox, OutboxSettings, RingReport, Transport, Transports, DETAIL_LIMIT, FLUSH_EVERY, STORE_RETRY_MAX,
+    STORE_RETRY_MIN, TRIM_AFTER,
+};
+use crate::domain::timing::SendTiming;
+use crate::domain::{Message, Notice, Outcome, PhoneState, Platform, Reason, RingTiming, Target};
+use crate::net::fcm::FcmClient;
+use crate::net::webpush::WebPushClient;
+use crate::service::metrics::Metrics;
+use crate::store::recipients::{Recipients, Topics};
+use crate::store::rings::OutcomeRow;
+use crate::store::rings::RingJob;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// What one delivery's rounds share: the transports and settings it started with.
+struct Sending<'a> {
+    transports: &'a Transports,
+    settings: &'a OutboxSettings,
+    notice: Arc<Notice>,
+    payload: Bytes,
+    stop: &'a CancellationToken,
+    pending: &'a Pending,
+}
+
+/// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
+/// ring expired, or the daemon stopped) is taken off when it ends, whichever way it ends.
+struct Pending {
+    metrics: Option<Arc<Metrics>>,
+    left: AtomicUsize,
+}
+
+impl Pending {
+    fn new(metrics: Option<Arc<Metrics>>, phones: usize) -> Pending {
+        if let Some(m) = &metrics {
+            m.delivery_started(phones);
+        }
+        Pending { metrics, left: AtomicUsize::new(phones) }
+    }
+
+    /// `phones` more to deliver (a big doorbell's part, read while the first were sent).
+    fn more(&self, phones: usize) {
+        self.left.fetch_add(phones, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.more_pending(phones);
+        }
+    }
+
+    fn settled(&self, n: usize) {
+        let before = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l - n.min(l)));
+        let n = n.min(before.unwrap_or(0));
+        if let Some(m) = &self.metrics {
+            m.settled(n);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.settled(*self.left.get_mut());
+            m.delivery_ended();
+        }
+    }
+}
+
+/// What one delivery (or one chunk of it) measures of itself as it goes.
+#[derive(Debug, Default)]
+struct Progress {
+    latency: Latency,
+    timing: RingTiming,
+    /// The widest batch's lanes, for "full width".
+    lanes: usize,
+}
+
+impl Progress {
+    /// Adds what a chunk measured.
+    fn merge(&mut self, other: Progress) {
+        let (l, o) = (&mut self.latency, other.latency);
+        l.first = RingTiming::earliest(l.first, o.first);
+        l.all = RingTiming::latest(l.all, o.all);
+        let (t, o_t) = (&mut self.timing, other.timing);
+        t.first_request = RingTiming::earliest(t.first_request, o_t.first_request);
+        t.last_answer = RingTiming::latest(t.last_answer, o_t.last_answer);
+        // The pool is at full width when the widest batch had all its lanes open.
+        if other.lanes > self.lanes || (other.lanes == self.lanes && t.full_width.is_none()) {
+            self.lanes = other.lanes;
+            t.full_width = o_t.full_width;
+        } else if other.lanes == self.lanes {
+            t.full_width = RingTiming::earliest(t.full_width, o_t.full_width);
+        }
+    }
+
+    /// Adds what a round's send told.
+    fn sent(&mut self, sent: SendTiming) {
+        let t = &mut self.timing;
+        t.first_request = RingTiming::earliest(t.first_request, sent.first_request);
+        if self.lanes == 0 {
+            // The first round's: retries do not widen anything.
+            self.lanes = sent.lanes;
+            t.full_width = sent.full_width;
+        }
+    }
+}
+
+/// The phones of a part that share a [`Share`]: their targets (from a place in them) and
+/// their places in the job.
+type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
+
+/// Which kind of phones a [`Group`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Share {
+    /// iPhones of one app topic (`None`: `apns.topic`).
+    Apns(Option<String>),
+    Fcm,
+    WebPush,
+}
+
+/// One share of a ring and the transport that sends it.
+enum Route {
+    Apns(Transport, Arc<Message>),
+    Fcm(FcmClient, Arc<Notice>),
+    WebPush(WebPushClient, Arc<Notice>),
+    /// Phones of a platform this configuration has no transport for: each fails at once.
+    Unconfigured(Platform),
+}
+
+impl Route {
+    /// The platform of the phones it sends to (the metrics' `platform` label).
+    fn platform(&self) -> Platform {
+        match self {
+            Route::Apns(..) => Platform::Apns,
+            Route::Fcm(..) => Platform::Fcm,
+            Route::WebPush(..) => Platform::Webpush,
+            Route::Unconfigured(p) => *p,
+        }
+    }
+
+    /// Sends to `targets[from..]`. Only iPhones come with `from` above 0 (see [`split`]).
+    async fn send(
+        &self,
+        targets: Arc<Vec<Target>>,
+        from: usize,
+        out: mpsc::UnboundedSender<(usize, Outcome)>,
+        stop: &CancellationToken,
+    ) -> SendTiming {
+        let range = from..targets.len();
+        match self {
+            Route::Apns(t, msg) => return t.send(msg.clone(), targets, range, out, stop).await,
+            Route::Fcm(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::WebPush(c, notice) => c.send(notice.clone(), targets, out, stop).await,
+            Route::Unconfigured(p) => {
+                for i in range {
+                    let _ = out.send((i, Outcome::Failed { reason: Reason::Unconfigured(*p), status: 0 }));
+                }
+            }
+        }
+        SendTiming::default()
+    }
+}
+
+/// What the metrics count outcomes by.
+type Alike<'a> = (Platform, crate::domain::Environment, PhoneState, Option<&'a Reason>);
+
+/// A part of a ring's phones: `phones[from..]`, the first of them at place `first_seq` in
+/// the job (the places of the others follow).
+struct Part {
+    phones: Recipients,
+    from: usize,
+    first_seq: usize,
+}
+
+/// A part's phones by share: one group per platform, and per app topic for iPhones (nearly
+/// always one group). A part of one share of iPhones hands its targets over as they are,
+/// shared, not copied: a 120,000-phone ring holds each token once. Every other group is a
+/// list of its own, from its start.
+fn split(part: Part) -> Vec<Group> {
+    let Part { phones, from, first_seq } = part;
+    let topic_of = |k: usize| match &phones.topics {
+        Topics::Same(t) => t.clone(),
+        Topics::PerPhone(ts) => ts[k].clone(),
+    };
+    let share_of = |k: usize, t: &Target| match t.platform() {
+        Platform::Apns => Share::Apns(topic_of(k)),
+        Platform::Fcm => Share::Fcm,
+        Platform::Webpush => Share::WebPush,
+    };
+    let mine = &phones.targets[from.min(phones.len())..];
+    let Some(first) = mine.first() else { return Vec::new() };
+    let seqs = first_seq as i64..(first_seq + mine.len()) as i64;
+    let one_share = first.platform() == Platform::Apns
+        && matches!(phones.topics, Topics::Same(_))
+        && mine.iter().all(|t| t.platform() == Platform::Apns);
+    if one_share {
+        return vec![(share_of(from, first), phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
+    }
+    let mut by_share: HashMap<Share, (Vec<Target>, Vec<i64>)> = HashMap::new();
+    for ((k, t), seq) in mine.iter().enumerate().map(|(k, t)| (from + k, t)).zip(seqs) {
+        let (targets, seqs) = by_share.entry(share_of(k, t)).or_default();
+        seqs.push(seq);
+        targets.push(t.clone());
+    }
+    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), 0, Seqs::List(seqs))).collect()
+}
+
+impl Outbox {
+    /// Delivers one ring until every phone has a final answer, the ring expires, or `stop`
+    /// (then the unanswered phones stay pending in the database for the next start).
+    /// `timing` holds when its press was received and recorded (a resumed ring: neither).
+    pub async fn deliver(&self, mut job: RingJob, timing: RingTiming, stop: CancellationToken) -> Option<RingReport> {
+        let (transports, settings) = self.current.read().expect("outbox lock").clone();
+        let payload = match crate::codec::apns_payload::ring_payload(
+            &job.doorbell_id,
+            &job.doorbell_name,
+            &job.ring_id,
+            &settings.sound,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(ring = %job.ring_id, error = %e, "payload too large: ring not sent");
+                return None;
+            }
+        };
+        let mut progress = Progress { timing, ..Default::default() };
+        progress.timing.recipients = job.read_at_us;
+        let pending = Pending::new(self.metrics.clone(), job.phones.len());
+        let notice = Arc::new(Notice {
+            ring_id: job.ring_id.as_str().into(),
+            doorbell_id: job.doorbell_id.as_str().into(),
+            doorbell_name: job.doorbell_name.as_str().into(),
+            pressed_at: job.pressed_at,
+            expires_at: job.expires_at,
+        });
+        let sending =
+            Sending { transports: &transports, settings: &settings, notice, payload, stop: &stop, pending: &pending };
+        // The phones read with the ring; or (a big doorbell) the first ones as soon as the store
+        // has read them, then the rest: each part is sent as it comes. A part is the phones of
+        // a list from a place in it (the place of each is its seq).
+        let (tx, mut chunks) = mpsc::unbounded_channel::<Part>();
+        if !job.unread {
+            let _ = tx.send(Part { phones: std::mem::take(&mut job.phones), from: 0, first_seq: 0 });
+        }
+        let reader = job.unread.then(|| (job.ring_id.clone(), job.doorbell_id.clone(), tx.clone()));
+        drop(tx);
+        let store = self.store.clone();
+        let read = async move {
+            let (ring, doorbell, tx) = reader?;
+            let shown = ring.clone();
+            let early = tx.clone();
+            // An early part (the list's phones from `at`) is sent as a list of its own.
+            let read = store.run(move |s| {
+                s.read_recipients(&ring, &doorbell, &mut |phones, at| {
+                    let _ = early.send(Part { phones, from: 0, first_seq: at });
+                })
+            });
+            match read.await {
+                Ok((all, sent)) => {
+                    let _ = tx.send(Part { phones: all, from: sent, first_seq: sent });
+                    Some(crate::domain::now_us())
+                }
+                Err(e) => {
+                    warn!(ring = %shown, error = %e, "cannot read the ring's phones: it stays pending for the next start");
+                    None
+                }
+            }
+        };
+        let send = async {
+            let mut running = FuturesUnordered::new();
+            let (mut all_sent, mut read_done) = (true, false);
+            let mut merged = Progress::default();
+            while !read_done || !running.is_empty() {
+                tokio::select! {
+                    // cancel-safe: recv() loses no chunk
+                    c = chunks.recv(), if !read_done => match c {
+                        Some(part) if part.phones.len() > part.from => {
+                            if job.unread {
+                                pending.more(part.phones.len() - part.from);
+                            }
+                            running.push(self.send_part(&job, part, &sending));
+                        }
+                        Some(_) => {}
+                        None => read_done = true,
+                    },
+                    // cancel-safe: FuturesUnordered::next keeps the other futures
+                    Some((sent, p)) = running.next() => {
+                        all_sent &= sent;
+                        merged.merge(p);
+                    }
+                }
+            }
+            (all_sent, merged)
+        };
+        let (read_at, (all_sent, merged)) = tokio::join!(read, send);
+        let read_ok = !job.unread || read_at.is_some();
+        progress.timing.recipients = RingTiming::earliest(progress.timing.recipients, read_at);
+        progress.merge(merged);
+        if !(read_ok && all_sent) {
+            return None; // stopping (or the phones could not be read): the rest stays pending
+        }
+        self.finish(&job, progress, &stop).await
+    }
+
+    /// Closes a delivered ring and publishes its outcome.
+    async fn finish(&self, job: &RingJob, mut progress: Progress, stop: &CancellationToken) -> Option<RingReport> {
+        let ring = job.ring_id.clone();
+        let latency = progress.latency;
+        let summary = self.persist(&job.ring_id, "close the ring", stop, move || {
+            let ring = ring.clone();
+            move |s: &mut crate::store::Store| s.finish_ring(&ring, latency)
+        });
+        let summary = summary.await?;
+        self.expect(summary.phones.max(0) as usize);
+        let results = if summary.phones as usize <= DETAIL_LIMIT {
+            let ring = job.ring_id.clone();
+            self.store.run(move |s| s.ring_phones(&ring, DETAIL_LIMIT)).await.ok()
+        } else {
+            None
+        };
+        progress.timing.finished = Some(crate::domain::now_us());
+        let report = RingReport { summary, latency_ms: latency, timing_us: progress.timing.report(), results };
+        if let Some(m) = &self.metrics {
+            if let Some(first) = progress.timing.first_request {
+                m.first_request((first - progress.timing.received) / 1000);
+            }
+            m.answers(latency.first, latency.all);
+            m.ring_finished(report.summary.state);
+        }
+        info!(
+            ring = %job.ring_id, doorbell = %job.doorbell_id, phones = report.summary.phones, delivered = report.summary.delivered,
+            failed = report.summary.failed, pruned = report.summary.pruned, expired = report.summary.expired,
+            first_ms = latency.first, all_ms = latency.all, "ring done"
+        );
+        self.publish(&report);
+        if report.summary.phones as usize >= TRIM_AFTER {
+            crate::domain::mem::release_free_memory();
+        }
+        Some(report)
+    }
+
+    /// Sends a part of a ring's phones, every share at once, each until settled. False if
+    /// stopped.
+    async fn send_part(&self, job: &RingJob, part: Part, sending: &Sending<'_>) -> (bool, Progress) {
+        let shares = split(part).into_iter().map(|(share, targets, from, seqs)| {
+            let route = self.route(job, share, sending);
+            async move {
+                let mut progress = Progress::default();
+                let round = Round::new(targets, from, seqs);
+                let settled = self.send_until_settled(job, &route, round, sending, &mut progress).await;
+                (settled, progress)
+            }
+        });
+        let mut progress = Progress::default();
+        let mut settled = true;
+        for (ok, p) in futures_util::future::join_all(shares).await {
+            settled &= ok;
+            progress.merge(p);
+        }
+        (settled, progress)
+    }
+
+    /// The transport (and what it sends) for a share of `job`.
+    fn route(&self, job: &RingJob, share: Share, sending: &Sending<'_>) -> Route {
+        let t = sending.transports;
+        match share {
+            Share::Apns(topic) => Route::Apns(
+                t.apns.clone(),
+                Arc::new(Message {
+                    topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
+                    payload: sending.payload.clone(),
+                    expiration: (job.expires_at / 1000).max(0) as u64,
+                    collapse_id: job.doorbell_id.as_str().into(),
+                    priority: 10,
+                }),
+            ),
+            Share::Fcm => match &t.fcm {
+                Some(c) => Route::Fcm(c.clone(), sending.notice.clone()),
+                None => Route::Unconfigured(Platform::Fcm),
+            },
+            Share::WebPush => match &t.webpush {
+                Some(c) => Route::WebPush(c.clone(), sending.notice.clone()),
+                None => Route::Unconfigured(Platform::Webpush),
+            },
+        }
+    }
+
+    /// Sends, records, and retries until nothing is left to retry. Returns false if stopped.
+    /// The accounting is [`Round`]'s and the retry decisions [`Retries`]'; this only does the
+    /// I/O: the transport, the store, the clock.
+    async fn send_until_settled(
+        &self,
+        job: &RingJob,
+        route: &Route,
+        mut round: Round,
+        sending: &Sending<'_>,
+        progress: &mut Progress,
+    ) -> bool {
+        let stop = sending.stop;
+        let mut retries = Retries::new(sending.settings.retry);
+        // The expiry on the runtime's clock, so waits and the deadline agree (and tests can
+        // pause time).
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis((job.expires_at - crate::domain::now_ms()).max(0) as u64);
+        loop {
+            if stop.is_cancelled() {
+                return false;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let send = route.send(round.targets().clone(), round.from(), tx, stop);
+            let (sent, ()) =
+                tokio::join!(send, self.record(job, &mut round, rx, (sending, route.platform()), progress));
+            progress.sent(sent);
+            let end = round.end();
+            if end.unheard > 0 {
+                warn!(ring = %job.ring_id, phones = end.unheard, "the transport gave no outcome for some phones: retrying them");
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let jitter = rand::thread_rng().gen::<f64>();
+            match retries.after(&end, remaining, jitter) {
+                Next::Done => return true,
+                Next::GiveUp => {
+                    warn!(ring = %job.ring_id, phones = end.retry.len(), "ring expires before another retry: giving up on the rest");
+                    if let Some(m) = &self.metrics {
+                        for t in end.retry.iter() {
+                            m.notification(t.platform(), t.environment(), PhoneState::Expired, Some(&Reason::Expired));
+                        }
+                    }
+                    sending.pending.settled(end.retry.len());
+                    return true; // finish_ring marks them expired
+                }
+                Next::Retry { wait, attempt } => {
+                    warn!(ring = %job.ring_id, phones = end.retry.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::select! {
+                        // cancel-safe: only a timer
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return false,
+                    }
+                }
+            }
+            round = Round::new(end.retry, 0, end.seqs);
+        }
+    }
+
+    /// Takes one round's outcomes as the transport hands them over and records them in
+    /// batches, until the transport is done; then writes what is left, however long the
+    /// store needs (unless stopping).
+    async fn record(
+        &self,
+        job: &RingJob,
+        round: &mut Round,
+        mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
+        (sending, platform): (&Sending<'_>, Platform),
+        progress: &mut Progress,
+    ) {
+        let stop = sending.stop;
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        // Answers are taken up to 256 at a time: one wake-up of this task per burst.
+        let mut got = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                // cancel-safe: recv_many() loses no message when another arm wins
+                n = rx.recv_many(&mut got, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    if progress.latency.first.is_none() {
+                        progress.latency.first = Some(crate::domain::now_ms() - job.received_at);
+                    }
+                    for (i, outcome) in got.drain(..) {
+                        if let (Outcome::Retry { reason, .. }, Some(m)) = (&outcome, &self.metrics) {
+                            m.retry(platform, Some(reason));
+                        }
+                        round.on_outcome(i, outcome);
+                    }
+                    if round.batch_full() {
+                        self.flush(&job.ring_id, round, sending.pending).await;
+                    }
+                },
+                // cancel-safe: a missed tick only delays a flush
+                _ = tick.tick() => {
+                    self.flush(&job.ring_id, round, sending.pending).await;
+                }
+            }
+        }
+        // The channel closes as the last answer is handed over: that moment is "all".
+        if round.answered() {
+            progress.latency.all = Some(crate::domain::now_ms() - job.received_at);
+            progress.timing.last_answer = Some(crate::domain::now_us());
+        }
+        let mut wait = STORE_RETRY_MIN;
+        while !self.flush(&job.ring_id, round, sending.pending).await {
+            tokio::select! {
+                // cancel-safe: only a timer
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    /// Counts recorded outcomes in the metrics, each under its phone's platform.
+    fn count(&self, rows: &[OutcomeRow], kept: &[i64]) {
+        let Some(m) = &self.metrics else { return };
+        // Alike outcomes counted together: a batch of 2,048 deliveries is one count.
+        let mut alike: Vec<(Alike<'_>, u64)> = Vec::new();
+        for row in rows {
+            let state = match row.outcome.state() {
+                PhoneState::Pruned if kept.contains(&row.phone_id) => PhoneState::Failed,
+                s => s,
+            };
+            let key = (row.address.platform(), row.address.environment(), state, row.outcome.reason());
+            match alike.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => alike.push((key, 1)),
+            }
+        }
+        for ((platform, env, state, reason), n) in alike {
+            m.notifications_n(platform, env, state, reason, n);
+        }
+    }
+
+    /// Writes the round's unwritten outcomes; false if the store refused them (then the round
+    /// keeps them for the next try).
+    /// Writes the round's unwritten outcomes; false if the store refused them (then the round
+    /// keeps them for the next try). What is written is counted: each phone's outcome as the
+    /// store recorded it (a prune of a phone registered again is a failure).
+    async fn flush(&self, ring_id: &str, round: &mut Round, pending: &Pending) -> bool {
+        if round.unwritten() == 0 {
+            return true;
+        }
+        let items = Arc::new(round.take_rows());
+        let ring = ring_id.to_string();
+        let n = items.len();
+        let shared = items.clone();
+        match self.store.run(move |s| s.record_outcomes(&ring, &shared)).await {
+            Ok(r) => {
+                if r.pruned + r.kept > 0 {
+                    info!(ring = %ring_id, pruned = r.pruned, kept_reregistered = r.kept, "stale tokens handled");
+                }
+                self.count(&items, &r.kept_phones);
+                pending.settled(n);
+                true
+            }
+            Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.outbox_store_fault();
+                }
+                warn!(ring = %ring_id, outcomes = n, error = %e, "cannot record outcomes yet: kept for the next try");
+                round.keep_rows(Arc::try_unwrap(items).unwrap_or_else(|a| (*a).clone()));
+                false
+            }
+        }
+    }
+}
