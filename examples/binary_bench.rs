@@ -148,6 +148,7 @@ async fn main() {
             environment: dingdong::domain::Environment::Production,
             sound: "default".into(),
             retry: RetryPolicy::default(),
+            timezone: jiff::tz::TimeZone::UTC,
         },
     );
     let (t0, cpu0) = (Instant::now(), cpu_secs());

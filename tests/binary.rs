@@ -107,6 +107,7 @@ async fn ring(db: &Path, transport: Transport) -> dingdong::service::outbox::Rin
         environment: dingdong::domain::Environment::Production,
         sound: "default".into(),
         retry: RetryPolicy::default(),
+        timezone: jiff::tz::TimeZone::UTC,
     };
     let outbox = Outbox::new(store, transport, None, settings);
     outbox

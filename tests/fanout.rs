@@ -65,6 +65,7 @@ async fn a_big_doorbell_is_sent_while_its_phones_are_read_each_phone_once() {
             environment: Environment::Production,
             sound: "default".into(),
             retry: RetryPolicy::default(),
+            timezone: jiff::tz::TimeZone::UTC,
         },
     );
     let ringer = Ringer::new(store, Duration::from_secs(300), Duration::ZERO, Arc::new(IntakeStats::default()));

@@ -213,6 +213,8 @@ pub async fn push(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
                         ring_id: "0123456789abcdef",
                         ttl_secs: 299,
                         channel_id: "doorbell",
+                        profile: &Default::default(),
+                        answered_by: None,
                     });
                 std::fs::write(&body, template.body(&tokens[0])).unwrap();
                 let url = format!(

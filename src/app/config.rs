@@ -97,6 +97,9 @@ pub struct Gateway {
     pub id: String,
     /// The SQLite file; relative paths are taken from the config file's folder.
     pub database: PathBuf,
+    /// Where quiet hours are local time: an IANA name; default the system's.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +329,11 @@ fn default_sound() -> String {
 }
 
 impl Config {
+    /// `[gateway] timezone` (checked by `validate`), or the system's.
+    pub fn timezone(&self) -> jiff::tz::TimeZone {
+        crate::domain::household::time_zone(self.gateway.timezone.as_deref()).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
     /// Reads, parses and validates the file; nothing else is opened.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = crate::domain::files::read_small_text(path)
@@ -386,6 +394,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = crate::domain::check_id("gateway id", &self.gateway.id) {
             return Err(self.err("gateway.id", e, "use letters, digits, '-', '_' or '.'"));
+        }
+        if let Err(e) = crate::domain::household::time_zone(self.gateway.timezone.as_deref()) {
+            return Err(self.err("gateway.timezone", e, "write an IANA name such as \"Europe/Berlin\", or remove it"));
         }
         if self.mqtt.url != "embedded" && parse_mqtt_url(&self.mqtt.url).is_none() {
             return Err(self.err(

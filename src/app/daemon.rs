@@ -90,6 +90,7 @@ fn outbox_settings(cfg: &Config) -> OutboxSettings {
         environment: cfg.apns.environment,
         sound: cfg.ring.sound.clone(),
         retry: RetryPolicy::default(),
+        timezone: cfg.timezone(),
     }
 }
 

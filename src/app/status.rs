@@ -117,6 +117,10 @@ mod tests {
             pruned: 1,
             pending: 0,
             expired: 0,
+            muted: 0,
+            silenced: 0,
+            answered_by: None,
+            answered_at: None,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Notice {
     pub pressed_at: i64,
     /// UNIX ms after which nothing may be sent.
     pub expires_at: i64,
+    /// How it alerts (household controls): level and sound.
+    pub profile: super::household::Profile,
+    /// Set for the replacement sent once someone answered: who is getting the door.
+    pub answered_by: Option<Arc<str>>,
 }
 
 /// Which push service reaches a phone.
@@ -359,6 +363,10 @@ pub enum Outcome {
     Prune { reason: Reason, since: Option<i64> },
     /// Will not succeed by retrying; recorded and reported.
     Failed { reason: Reason, status: u16 },
+    /// Not sent: the person's mute or quiet hours say skip (household controls).
+    Muted,
+    /// The push service accepted it, sent passive and silent (mute or quiet hours, silent).
+    Silenced,
 }
 
 impl Outcome {
@@ -369,12 +377,20 @@ impl Outcome {
             Outcome::Retry { .. } => PhoneState::Pending,
             Outcome::Prune { .. } => PhoneState::Pruned,
             Outcome::Failed { .. } => PhoneState::Failed,
+            Outcome::Muted => PhoneState::Muted,
+            Outcome::Silenced => PhoneState::Silenced,
         }
+    }
+
+    /// Whether the phone's record says nothing is wrong with it (a delivery, or what the
+    /// household's own rules chose): such an outcome clears no problem and sets none.
+    pub fn is_fine(&self) -> bool {
+        matches!(self, Outcome::Delivered | Outcome::Muted | Outcome::Silenced)
     }
 
     pub fn reason(&self) -> Option<&Reason> {
         match self {
-            Outcome::Delivered => None,
+            Outcome::Delivered | Outcome::Muted | Outcome::Silenced => None,
             Outcome::Retry { reason, .. } | Outcome::Prune { reason, .. } | Outcome::Failed { reason, .. } => {
                 Some(reason)
             }

@@ -47,11 +47,22 @@ pub enum PhoneState {
     Pruned,
     /// The ring's time ran out before the phone could be reached.
     Expired,
+    /// Not sent: its person muted the doorbell, or is in quiet hours, in `skip` mode.
+    Muted,
+    /// Sent passive and silent: muted or quiet hours in `silent` mode.
+    Silenced,
 }
 
 impl PhoneState {
-    pub const ALL: [PhoneState; 5] =
-        [PhoneState::Pending, PhoneState::Delivered, PhoneState::Failed, PhoneState::Pruned, PhoneState::Expired];
+    pub const ALL: [PhoneState; 7] = [
+        PhoneState::Pending,
+        PhoneState::Delivered,
+        PhoneState::Failed,
+        PhoneState::Pruned,
+        PhoneState::Expired,
+        PhoneState::Muted,
+        PhoneState::Silenced,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +71,8 @@ impl PhoneState {
             PhoneState::Failed => "failed",
             PhoneState::Pruned => "pruned",
             PhoneState::Expired => "expired",
+            PhoneState::Muted => "muted",
+            PhoneState::Silenced => "silenced",
         }
     }
 

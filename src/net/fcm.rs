@@ -145,6 +145,8 @@ impl FcmClient {
             ring_id: &notice.ring_id,
             ttl_secs,
             channel_id: &self.inner.channel_id,
+            profile: &notice.profile,
+            answered_by: notice.answered_by.as_deref(),
         }));
         let mut done = vec![false; targets.len()];
         let items = futures_util::stream::iter(all.iter().copied());

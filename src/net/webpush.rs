@@ -107,17 +107,22 @@ impl WebPushClient {
             }
             return;
         };
-        let payload =
-            match webpush::ring_payload(&notice.doorbell_id, &notice.doorbell_name, &notice.ring_id, notice.pressed_at)
-            {
-                Ok(p) => Bytes::from(p),
-                Err(e) => {
-                    for i in 0..targets.len() {
-                        let _ = out.send((i, Outcome::Failed { reason: Reason::Other(e.to_string()), status: 0 }));
-                    }
-                    return;
+        let payload = match webpush::ring_payload_as(
+            &notice.doorbell_id,
+            &notice.doorbell_name,
+            &notice.ring_id,
+            notice.pressed_at,
+            &notice.profile,
+            notice.answered_by.as_deref(),
+        ) {
+            Ok(p) => Bytes::from(p),
+            Err(e) => {
+                for i in 0..targets.len() {
+                    let _ = out.send((i, Outcome::Failed { reason: Reason::Other(e.to_string()), status: 0 }));
                 }
-            };
+                return;
+            }
+        };
         let topic: Arc<str> = webpush::topic(&notice.doorbell_id).into();
         let groups = self.by_origin(&targets, &out);
         let sends = groups.into_iter().map(|(aud, group)| {

@@ -56,7 +56,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
         // Opening is lazy: reading the header is what finds a file that is not a database.
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0)).map_err(|e| fail(e.to_string()))?;
-        Ok(Store { conn, recipients: Default::default() })
+        Ok(Store { conn, recipients: Default::default(), house: Default::default() })
     }
 
     /// Migrations applied to this database (`PRAGMA user_version`).

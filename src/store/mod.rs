@@ -10,6 +10,7 @@ pub mod fieldkit;
 pub mod files;
 pub mod handle;
 pub mod history;
+pub mod household;
 pub mod import;
 pub mod pairing;
 pub mod phones;
@@ -52,6 +53,8 @@ pub struct Store {
     conn: Connection,
     /// Big recipient lists kept between rings (see `Store::create_ring`).
     recipients: recipients::KeptRecipients,
+    /// The household's rules as the outbox applies them (see `Store::house`).
+    house: household::KeptHouse,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -125,7 +128,7 @@ impl Store {
         // SQLite creates -wal and -shm with the database's mode and, as root, its owner: fix
         // them too in case an older version or a hand made them.
         files::prepare_side_files(path);
-        Ok(Store { conn, recipients: Default::default() })
+        Ok(Store { conn, recipients: Default::default(), house: Default::default() })
     }
 
     /// Refuses a database a newer dingdong wrote (its schema is one this binary does not know),

@@ -39,6 +39,8 @@ pub struct RingJob {
     pub unread: bool,
     /// When the phones were read (µs since the epoch), for the ring's timing.
     pub read_at_us: Option<i64>,
+    /// The household's rules when the ring was recorded; `None` when nobody has any.
+    pub house: Option<std::sync::Arc<super::household::House>>,
 }
 
 /// The press to record.
@@ -72,6 +74,15 @@ pub struct RingSummary {
     pub pruned: i64,
     pub pending: i64,
     pub expired: i64,
+    /// Not sent: their person's mute or quiet hours (skip).
+    pub muted: i64,
+    /// Sent passive and silent: their person's mute or quiet hours (silent).
+    pub silenced: i64,
+    /// Who answered "I'm coming" first, and when (UNIX ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<i64>,
 }
 
 /// One phone's line of a ring outcome (published with the token shortened: 8 characters of a
@@ -152,7 +163,11 @@ impl Store {
         let mut kept = std::mem::take(&mut self.recipients);
         let started = self.create_ring_keeping(p, &mut kept);
         self.recipients = kept;
-        started
+        let mut started = started?;
+        if let RingStart::Created(job) = &mut started {
+            job.house = self.house()?;
+        }
+        Ok(started)
     }
 
     fn create_ring_keeping(&mut self, p: &Press, kept: &mut KeptRecipients) -> Result<RingStart> {
@@ -225,6 +240,7 @@ impl Store {
             phones,
             unread,
             read_at_us,
+            house: None,
         }))
     }
 
@@ -291,6 +307,10 @@ impl Store {
                 let platform = row.address.platform();
                 // Written before a prune deletes the phone (the environment comes from it).
                 add_outcome.execute(params![ring_id, row.phone_id, token, state, reason, now, platform])?;
+                if row.outcome.is_fine() {
+                    // Muted or silenced by the household's own rules: nothing wrong with the phone.
+                    continue;
+                }
                 if let Outcome::Prune { since, .. } = &row.outcome {
                     if prune.execute(params![token, since, platform])? > 0 {
                         rec.pruned += 1;
@@ -395,10 +415,11 @@ impl Store {
     }
 
     pub fn ring_summary(&self, ring_id: &str) -> Result<RingSummary> {
-        let (doorbell, state, pressed_at, presses, phones): (String, RingState, i64, i64, i64) = self.conn.query_row(
-            "SELECT doorbell_id, state, pressed_at, presses, phones FROM rings WHERE id = ?1",
+        type Row = (String, RingState, i64, i64, i64, Option<String>, Option<i64>);
+        let (doorbell, state, pressed_at, presses, phones, answered_by, answered_at): Row = self.conn.query_row(
+            "SELECT doorbell_id, state, pressed_at, presses, phones, answered_by, answered_at FROM rings WHERE id = ?1",
             [ring_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
         )?;
         let mut s = RingSummary {
             ring_id: ring_id.into(),
@@ -412,6 +433,10 @@ impl Store {
             pruned: 0,
             pending: 0,
             expired: 0,
+            muted: 0,
+            silenced: 0,
+            answered_by,
+            answered_at,
         };
         s.delivered = self.conn.query_row(
             "SELECT COALESCE(SUM(phones), 0) FROM ring_runs WHERE ring_id = ?1",
@@ -428,10 +453,12 @@ impl Store {
                 PhoneState::Failed => s.failed = n,
                 PhoneState::Pruned => s.pruned = n,
                 PhoneState::Expired => s.expired = n,
+                PhoneState::Muted => s.muted = n,
+                PhoneState::Silenced => s.silenced = n,
                 PhoneState::Pending => {}
             }
         }
-        s.pending = (s.phones - s.delivered - s.failed - s.pruned - s.expired).max(0);
+        s.pending = (s.phones - s.delivered - s.failed - s.pruned - s.expired - s.muted - s.silenced).max(0);
         Ok(s)
     }
 
@@ -492,11 +519,14 @@ impl Store {
                     phones: Recipients::default(),
                     unread: false,
                     read_at_us: None,
+                    house: None,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
         drop(st);
+        let house = self.house()?;
         for j in &mut jobs {
+            j.house = house.clone();
             let settled = self.settled(&j.ring_id)?;
             j.phones = Recipients::from_phones(self.pending_phones(&j.doorbell_id, &settled)?);
             self.conn.execute(

@@ -263,6 +263,52 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE ring_outcomes ADD COLUMN platform TEXT NOT NULL DEFAULT 'apns'
         CHECK (platform IN ('apns', 'fcm', 'webpush'));
     "#,
+    // 9 (household controls): each person's rules (alert level and sound, quiet hours, a
+    // snooze), for every doorbell (doorbell_id '') or one, as the JSON of
+    // `domain::household::Rules`; a counter the daemon watches to refresh its view of them
+    // whichever process changed them; who answered a ring ("I'm coming") and when; and two
+    // more per-phone states, `muted` (not sent) and `silenced` (sent quietly). SQLite cannot
+    // change a CHECK, so the outcomes table is rebuilt with its rows.
+    r#"
+    CREATE TABLE household_rules (
+        user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        doorbell_id TEXT NOT NULL DEFAULT '',
+        rules       TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (user_id, doorbell_id)
+    );
+    CREATE TABLE household_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n  INTEGER NOT NULL
+    );
+    INSERT INTO household_version (id, n) VALUES (1, 0);
+    CREATE TRIGGER household_rules_added AFTER INSERT ON household_rules
+        BEGIN UPDATE household_version SET n = n + 1; END;
+    CREATE TRIGGER household_rules_changed AFTER UPDATE ON household_rules
+        BEGIN UPDATE household_version SET n = n + 1; END;
+    CREATE TRIGGER household_rules_removed AFTER DELETE ON household_rules
+        BEGIN UPDATE household_version SET n = n + 1; END;
+    CREATE TRIGGER household_doorbell_removed AFTER DELETE ON doorbells
+        BEGIN DELETE FROM household_rules WHERE doorbell_id = OLD.id; END;
+    ALTER TABLE rings ADD COLUMN answered_by TEXT;
+    ALTER TABLE rings ADD COLUMN answered_at INTEGER;
+    CREATE TABLE ring_outcomes_v9 (
+        ring_id     TEXT NOT NULL REFERENCES rings(id) ON DELETE CASCADE,
+        phone_id    INTEGER NOT NULL,
+        token       TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        state       TEXT NOT NULL
+            CHECK (state IN ('delivered', 'failed', 'pruned', 'expired', 'muted', 'silenced')),
+        reason      TEXT,
+        updated_at  INTEGER NOT NULL,
+        platform    TEXT NOT NULL DEFAULT 'apns' CHECK (platform IN ('apns', 'fcm', 'webpush')),
+        PRIMARY KEY (ring_id, phone_id)
+    ) WITHOUT ROWID;
+    INSERT INTO ring_outcomes_v9 (ring_id, phone_id, token, environment, state, reason, updated_at, platform)
+        SELECT ring_id, phone_id, token, environment, state, reason, updated_at, platform FROM ring_outcomes;
+    DROP TABLE ring_outcomes;
+    ALTER TABLE ring_outcomes_v9 RENAME TO ring_outcomes;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<u32> {

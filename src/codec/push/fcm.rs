@@ -10,6 +10,8 @@
 //! not there; revisit when the crate's MSRV allows 0.10.
 
 use super::common::{parse_retry_after, ring_body, ring_title, short, Verdict};
+use crate::codec::apns_payload::RING_CATEGORY;
+use crate::domain::household::{Level, Profile};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rsa::pkcs1v15::SigningKey;
@@ -315,20 +317,45 @@ pub struct RingMessage<'a> {
     pub ttl_secs: u64,
     /// The app's notification channel (Android 8+ shows nothing without one).
     pub channel_id: &'a str,
+    /// How it alerts (household controls): passive ones go at normal priority, silently.
+    pub profile: &'a Profile,
+    /// The replacement once someone answered: who is getting the door.
+    pub answered_by: Option<&'a str>,
 }
 
 impl MessageTemplate {
     pub fn new(m: &RingMessage<'_>) -> MessageTemplate {
         let collapse = format!("doorbell-{}", m.doorbell_id);
         // Everything but the token, then `{"message":{"token":"` TOKEN `",` + the rest.
+        let passive = m.profile.level == Level::Passive || m.answered_by.is_some();
+        let body = match m.answered_by {
+            Some(who) => format!("{who} is getting the door"),
+            None => ring_body(m.doorbell_name),
+        };
+        let mut data =
+            serde_json::json!({ "doorbell": m.doorbell_id, "ring": m.ring_id, "level": m.profile.level.as_str() });
+        let mut notification = serde_json::json!({ "channel_id": m.channel_id, "tag": collapse });
+        match m.answered_by {
+            Some(who) => data["answered_by"] = who.into(),
+            None => data["category"] = RING_CATEGORY.into(),
+        }
+        notification["notification_priority"] = match (passive, m.profile.level) {
+            (true, _) => "PRIORITY_LOW",
+            (false, Level::Active) => "PRIORITY_HIGH",
+            (false, _) => "PRIORITY_MAX",
+        }
+        .into();
+        if !passive {
+            notification["sound"] = m.profile.sound.as_deref().unwrap_or("default").into();
+        }
         let rest = serde_json::json!({
-            "notification": { "title": ring_title(m.doorbell_name), "body": ring_body(m.doorbell_name) },
-            "data": { "doorbell": m.doorbell_id, "ring": m.ring_id },
+            "notification": { "title": ring_title(m.doorbell_name), "body": body },
+            "data": data,
             "android": {
-                "priority": "HIGH",
+                "priority": if passive { "NORMAL" } else { "HIGH" },
                 "ttl": format!("{}s", m.ttl_secs),
                 "collapse_key": collapse,
-                "notification": { "channel_id": m.channel_id, "tag": collapse },
+                "notification": notification,
             },
         })
         .to_string();

@@ -6,6 +6,7 @@
 
 use super::common::{parse_retry_after, ring_body, ring_title, short, Verdict};
 use super::ece::{self, EceError, AUTH_LEN};
+use crate::domain::household::{Level, Profile};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
@@ -227,14 +228,38 @@ pub fn ring_payload(
     ring_id: &str,
     at_ms: i64,
 ) -> Result<Vec<u8>, PayloadTooLarge> {
-    let v = serde_json::json!({
+    ring_payload_as(doorbell_id, doorbell_name, ring_id, at_ms, &Profile::default(), None)
+}
+
+/// [`ring_payload`] for one alert profile (household controls), or the replacement once
+/// someone answered. Adds `level`, `silent` (for the service worker's `showNotification`),
+/// and either the "I'm coming" action or `answered_by`.
+pub fn ring_payload_as(
+    doorbell_id: &str,
+    doorbell_name: &str,
+    ring_id: &str,
+    at_ms: i64,
+    profile: &Profile,
+    answered_by: Option<&str>,
+) -> Result<Vec<u8>, PayloadTooLarge> {
+    let passive = profile.level == Level::Passive || answered_by.is_some();
+    let mut v = serde_json::json!({
         "doorbell": doorbell_id,
         "name": doorbell_name,
         "ring": ring_id,
         "title": ring_title(doorbell_name),
         "body": ring_body(doorbell_name),
         "at": at_ms,
+        "level": if answered_by.is_some() { Level::Passive.as_str() } else { profile.level.as_str() },
+        "silent": passive,
     });
+    match answered_by {
+        Some(who) => {
+            v["body"] = format!("{who} is getting the door").into();
+            v["answered_by"] = who.into();
+        }
+        None => v["actions"] = serde_json::json!([{"action": "coming", "title": "I'm coming"}]),
+    }
     let bytes = serde_json::to_vec(&v).expect("a json value always serialises");
     if bytes.len() > ece::MAX_PLAINTEXT {
         return Err(PayloadTooLarge(bytes.len()));

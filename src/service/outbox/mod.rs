@@ -139,6 +139,8 @@ pub struct OutboxSettings {
     pub environment: Environment,
     pub sound: String,
     pub retry: RetryPolicy,
+    /// `[gateway] timezone`: where quiet hours are local time.
+    pub timezone: jiff::tz::TimeZone,
 }
 
 /// A ring's published outcome (`P/ring/<id>`).
@@ -328,6 +330,7 @@ mod tests {
                 environment: Environment::Production,
                 sound: "default".into(),
                 retry: RetryPolicy::default(),
+                timezone: jiff::tz::TimeZone::UTC,
             },
         );
         let t0 = tokio::time::Instant::now();

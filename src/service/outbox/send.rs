@@ -8,11 +8,13 @@ use super::{
     Latency, Outbox, OutboxSettings, RingReport, Transport, Transports, DETAIL_LIMIT, FLUSH_EVERY, STORE_RETRY_MAX,
     STORE_RETRY_MIN, TRIM_AFTER,
 };
+use crate::domain::household::{Delivery, Level, Profile};
 use crate::domain::timing::SendTiming;
 use crate::domain::{Message, Notice, Outcome, PhoneState, Platform, Reason, RingTiming, Target};
 use crate::net::fcm::FcmClient;
 use crate::net::webpush::WebPushClient;
 use crate::service::metrics::Metrics;
+use crate::store::household::House;
 use crate::store::recipients::{Recipients, Topics};
 use crate::store::rings::OutcomeRow;
 use crate::store::rings::RingJob;
@@ -35,6 +37,42 @@ struct Sending<'a> {
     payload: Bytes,
     stop: &'a CancellationToken,
     pending: &'a Pending,
+    /// What the household's rules say for this ring, per phone (`None`: nobody has rules).
+    rules: Option<Rulebook>,
+}
+
+/// The household's decisions for one ring: per person, and whose each phone is.
+struct Rulebook {
+    house: Arc<House>,
+    decisions: HashMap<i64, Delivery>,
+}
+
+impl Rulebook {
+    /// How phone `phone_id` is alerted: `None` when not at all (muted).
+    fn tone(&self, phone_id: i64) -> Option<Tone> {
+        let usual = Some(Tone::default());
+        let Some(user) = self.house.phone_user.get(&phone_id) else { return usual };
+        match self.decisions.get(user) {
+            None => usual,
+            Some(Delivery::Send(profile)) => Some(Tone { profile: profile.clone(), silenced: false }),
+            Some(Delivery::Silent) => Some(Tone { profile: Profile::silent(), silenced: true }),
+            Some(Delivery::Skip) => None,
+        }
+    }
+
+    /// Whether every phone of `targets` is alerted as usual (the common case: one share).
+    fn all_usual(&self, targets: &[Target]) -> bool {
+        let usual = Tone::default();
+        targets.iter().all(|t| self.tone(t.phone_id).as_ref() == Some(&usual))
+    }
+}
+
+/// How a share of phones is alerted: the profile its payload is built for, and whether a
+/// delivery is recorded `silenced` (quiet hours or a mute in `silent` mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Tone {
+    profile: Profile,
+    silenced: bool,
 }
 
 /// A delivery's phones in the metrics' pending gauge: what is not settled by the end (the
@@ -125,9 +163,11 @@ type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Share {
     /// iPhones of one app topic (`None`: `apns.topic`).
-    Apns(Option<String>),
-    Fcm,
-    WebPush,
+    Apns(Option<String>, Tone),
+    Fcm(Tone),
+    WebPush(Tone),
+    /// Phones whose person's rules say not to send (of any platform).
+    Muted(Platform),
 }
 
 /// One share of a ring and the transport that sends it.
@@ -137,6 +177,8 @@ enum Route {
     WebPush(WebPushClient, Arc<Notice>),
     /// Phones of a platform this configuration has no transport for: each fails at once.
     Unconfigured(Platform),
+    /// Phones not sent by their person's choice: each is `muted` at once.
+    Muted(Platform),
 }
 
 impl Route {
@@ -146,7 +188,7 @@ impl Route {
             Route::Apns(..) => Platform::Apns,
             Route::Fcm(..) => Platform::Fcm,
             Route::WebPush(..) => Platform::Webpush,
-            Route::Unconfigured(p) => *p,
+            Route::Unconfigured(p) | Route::Muted(p) => *p,
         }
     }
 
@@ -166,6 +208,11 @@ impl Route {
             Route::Unconfigured(p) => {
                 for i in range {
                     let _ = out.send((i, Outcome::Failed { reason: Reason::Unconfigured(*p), status: 0 }));
+                }
+            }
+            Route::Muted(_) => {
+                for i in range {
+                    let _ = out.send((i, Outcome::Muted));
                 }
             }
         }
@@ -188,23 +235,29 @@ struct Part {
 /// always one group). A part of one share of iPhones hands its targets over as they are,
 /// shared, not copied: a 120,000-phone ring holds each token once. Every other group is a
 /// list of its own, from its start.
-fn split(part: Part) -> Vec<Group> {
+fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
     let Part { phones, from, first_seq } = part;
     let topic_of = |k: usize| match &phones.topics {
         Topics::Same(t) => t.clone(),
         Topics::PerPhone(ts) => ts[k].clone(),
     };
-    let share_of = |k: usize, t: &Target| match t.platform() {
-        Platform::Apns => Share::Apns(topic_of(k)),
-        Platform::Fcm => Share::Fcm,
-        Platform::Webpush => Share::WebPush,
+    let share_of = |k: usize, t: &Target| {
+        let Some(tone) = rules.map_or(Some(Tone::default()), |r| r.tone(t.phone_id)) else {
+            return Share::Muted(t.platform());
+        };
+        match t.platform() {
+            Platform::Apns => Share::Apns(topic_of(k), tone),
+            Platform::Fcm => Share::Fcm(tone),
+            Platform::Webpush => Share::WebPush(tone),
+        }
     };
     let mine = &phones.targets[from.min(phones.len())..];
     let Some(first) = mine.first() else { return Vec::new() };
     let seqs = first_seq as i64..(first_seq + mine.len()) as i64;
     let one_share = first.platform() == Platform::Apns
         && matches!(phones.topics, Topics::Same(_))
-        && mine.iter().all(|t| t.platform() == Platform::Apns);
+        && mine.iter().all(|t| t.platform() == Platform::Apns)
+        && rules.is_none_or(|r| r.all_usual(mine));
     if one_share {
         return vec![(share_of(from, first), phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
     }
@@ -223,10 +276,11 @@ impl Outbox {
     /// `timing` holds when its press was received and recorded (a resumed ring: neither).
     pub async fn deliver(&self, mut job: RingJob, timing: RingTiming, stop: CancellationToken) -> Option<RingReport> {
         let (transports, settings) = self.current.read().expect("outbox lock").clone();
-        let payload = match crate::codec::apns_payload::ring_payload(
+        let payload = match crate::codec::apns_payload::profile_payload(
             &job.doorbell_id,
             &job.doorbell_name,
             &job.ring_id,
+            &Profile::default(),
             &settings.sound,
         ) {
             Ok(p) => p,
@@ -244,9 +298,22 @@ impl Outbox {
             doorbell_name: job.doorbell_name.as_str().into(),
             pressed_at: job.pressed_at,
             expires_at: job.expires_at,
+            profile: Profile::default(),
+            answered_by: None,
         });
-        let sending =
-            Sending { transports: &transports, settings: &settings, notice, payload, stop: &stop, pending: &pending };
+        let rules = job.house.clone().map(|house| Rulebook {
+            decisions: house.decisions(&job.doorbell_id, job.pressed_at.max(job.received_at), &settings.timezone),
+            house,
+        });
+        let sending = Sending {
+            transports: &transports,
+            settings: &settings,
+            notice,
+            payload,
+            stop: &stop,
+            pending: &pending,
+            rules,
+        };
         // The phones read with the ring; or (a big doorbell) the first ones as soon as the store
         // has read them, then the rest: each part is sent as it comes. A part is the phones of
         // a list from a place in it (the place of each is its seq).
@@ -354,12 +421,13 @@ impl Outbox {
     /// Sends a part of a ring's phones, every share at once, each until settled. False if
     /// stopped.
     async fn send_part(&self, job: &RingJob, part: Part, sending: &Sending<'_>) -> (bool, Progress) {
-        let shares = split(part).into_iter().map(|(share, targets, from, seqs)| {
+        let shares = split(part, sending.rules.as_ref()).into_iter().map(|(share, targets, from, seqs)| {
+            let silenced = matches!(&share, Share::Apns(_, t) | Share::Fcm(t) | Share::WebPush(t) if t.silenced);
             let route = self.route(job, share, sending);
             async move {
                 let mut progress = Progress::default();
                 let round = Round::new(targets, from, seqs);
-                let settled = self.send_until_settled(job, &route, round, sending, &mut progress).await;
+                let settled = self.send_until_settled(job, (&route, silenced), round, sending, &mut progress).await;
                 (settled, progress)
             }
         });
@@ -375,25 +443,47 @@ impl Outbox {
     /// The transport (and what it sends) for a share of `job`.
     fn route(&self, job: &RingJob, share: Share, sending: &Sending<'_>) -> Route {
         let t = sending.transports;
+        let notice = |tone: &Tone| {
+            if *tone == Tone::default() {
+                sending.notice.clone()
+            } else {
+                Arc::new(Notice { profile: tone.profile.clone(), ..(*sending.notice).clone() })
+            }
+        };
         match share {
-            Share::Apns(topic) => Route::Apns(
-                t.apns.clone(),
-                Arc::new(Message {
-                    topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
-                    payload: sending.payload.clone(),
-                    expiration: (job.expires_at / 1000).max(0) as u64,
-                    collapse_id: job.doorbell_id.as_str().into(),
-                    priority: 10,
-                }),
-            ),
-            Share::Fcm => match &t.fcm {
-                Some(c) => Route::Fcm(c.clone(), sending.notice.clone()),
+            Share::Apns(topic, tone) => {
+                let payload = if tone == Tone::default() {
+                    sending.payload.clone()
+                } else {
+                    crate::codec::apns_payload::profile_payload(
+                        &job.doorbell_id,
+                        &job.doorbell_name,
+                        &job.ring_id,
+                        &tone.profile,
+                        &sending.settings.sound,
+                    )
+                    .unwrap_or_else(|_| sending.payload.clone())
+                };
+                Route::Apns(
+                    t.apns.clone(),
+                    Arc::new(Message {
+                        topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
+                        payload,
+                        expiration: (job.expires_at / 1000).max(0) as u64,
+                        collapse_id: job.doorbell_id.as_str().into(),
+                        priority: if tone.profile.level == Level::Passive { 5 } else { 10 },
+                    }),
+                )
+            }
+            Share::Fcm(tone) => match &t.fcm {
+                Some(c) => Route::Fcm(c.clone(), notice(&tone)),
                 None => Route::Unconfigured(Platform::Fcm),
             },
-            Share::WebPush => match &t.webpush {
-                Some(c) => Route::WebPush(c.clone(), sending.notice.clone()),
+            Share::WebPush(tone) => match &t.webpush {
+                Some(c) => Route::WebPush(c.clone(), notice(&tone)),
                 None => Route::Unconfigured(Platform::Webpush),
             },
+            Share::Muted(p) => Route::Muted(p),
         }
     }
 
@@ -403,7 +493,7 @@ impl Outbox {
     async fn send_until_settled(
         &self,
         job: &RingJob,
-        route: &Route,
+        (route, silenced): (&Route, bool),
         mut round: Round,
         sending: &Sending<'_>,
         progress: &mut Progress,
@@ -421,7 +511,7 @@ impl Outbox {
             let (tx, rx) = mpsc::unbounded_channel();
             let send = route.send(round.targets().clone(), round.from(), tx, stop);
             let (sent, ()) =
-                tokio::join!(send, self.record(job, &mut round, rx, (sending, route.platform()), progress));
+                tokio::join!(send, self.record(job, &mut round, rx, (sending, route.platform(), silenced), progress));
             progress.sent(sent);
             let end = round.end();
             if end.unheard > 0 {
@@ -462,7 +552,7 @@ impl Outbox {
         job: &RingJob,
         round: &mut Round,
         mut rx: mpsc::UnboundedReceiver<(usize, Outcome)>,
-        (sending, platform): (&Sending<'_>, Platform),
+        (sending, platform, silenced): (&Sending<'_>, Platform, bool),
         progress: &mut Progress,
     ) {
         let stop = sending.stop;
@@ -483,6 +573,8 @@ impl Outbox {
                         if let (Outcome::Retry { reason, .. }, Some(m)) = (&outcome, &self.metrics) {
                             m.retry(platform, Some(reason));
                         }
+                        // Delivered quietly, by the person's own rules: recorded as such.
+                        let outcome = if silenced && outcome == Outcome::Delivered { Outcome::Silenced } else { outcome };
                         round.on_outcome(i, outcome);
                     }
                     if round.batch_full() {

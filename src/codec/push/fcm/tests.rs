@@ -211,7 +211,38 @@ fn ring() -> RingMessage<'static> {
         ring_id: "r-7",
         ttl_secs: 297,
         channel_id: "doorbell",
+        profile: &USUAL,
+        answered_by: None,
     }
+}
+
+static USUAL: crate::domain::household::Profile = crate::domain::household::Profile {
+    level: crate::domain::household::Level::TimeSensitive,
+    sound: None,
+    volume_milli: None,
+};
+
+/// A passive profile goes at normal priority without a sound; the answered replacement names
+/// who is coming and carries no action; the usual one carries the "I'm coming" category.
+#[test]
+fn profiles_and_the_answered_replacement_shape_the_message() {
+    let body = |m: &RingMessage<'_>| -> serde_json::Value {
+        serde_json::from_slice(&MessageTemplate::new(m).body(FCM_TOKEN)).unwrap()
+    };
+    let usual = body(&ring());
+    assert_eq!(usual["message"]["android"]["priority"], "HIGH");
+    assert_eq!(usual["message"]["android"]["notification"]["sound"], "default");
+    assert_eq!(usual["message"]["data"]["category"], crate::codec::apns_payload::RING_CATEGORY);
+    let quiet = crate::domain::household::Profile::silent();
+    let passive = body(&RingMessage { profile: &quiet, ..ring() });
+    assert_eq!(passive["message"]["android"]["priority"], "NORMAL");
+    assert!(passive["message"]["android"]["notification"].get("sound").is_none());
+    assert_eq!(passive["message"]["android"]["notification"]["notification_priority"], "PRIORITY_LOW");
+    let answered = body(&RingMessage { answered_by: Some("alice"), ..ring() });
+    assert_eq!(answered["message"]["notification"]["body"], "alice is getting the door");
+    assert_eq!(answered["message"]["data"]["answered_by"], "alice");
+    assert!(answered["message"]["data"].get("category").is_none());
+    assert_eq!(answered["message"]["android"]["collapse_key"], usual["message"]["android"]["collapse_key"]);
 }
 
 #[test]

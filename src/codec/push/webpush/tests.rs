@@ -111,7 +111,22 @@ fn the_ring_payload_is_what_the_service_worker_reads() {
     assert_eq!(v["title"], "Front door");
     assert_eq!(v["body"], "Someone is at Front door");
     assert_eq!(v["at"], 1_700_000_000_123i64);
-    assert_eq!(v.as_object().unwrap().len(), 6);
+    assert_eq!((v["level"].as_str(), v["silent"].as_bool()), (Some("time-sensitive"), Some(false)));
+    assert_eq!(v["actions"][0]["action"], "coming");
+    assert_eq!(v.as_object().unwrap().len(), 9);
+    let quiet = crate::domain::household::Profile::silent();
+    let q: serde_json::Value =
+        serde_json::from_slice(&ring_payload_as("front", "Front door", "r-42", 0, &quiet, None).unwrap()).unwrap();
+    assert_eq!((q["level"].as_str(), q["silent"].as_bool()), (Some("passive"), Some(true)));
+    let a: serde_json::Value = serde_json::from_slice(
+        &ring_payload_as("front", "Front door", "r-42", 0, &Default::default(), Some("bo")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (a["body"].as_str(), a["answered_by"].as_str(), a["silent"].as_bool()),
+        (Some("bo is getting the door"), Some("bo"), Some(true))
+    );
+    assert!(a.get("actions").is_none());
     let big = ring_payload("front", &"x".repeat(2000), "r", 0).unwrap_err();
     assert!(big.0 > 3993 && big.to_string().contains("at most 3993"));
 }
