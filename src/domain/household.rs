@@ -263,6 +263,80 @@ pub fn decide(all: &Rules, bell: Option<&Rules>, now_ms: i64, tz: &TimeZone) -> 
     }
 }
 
+/// At most this many quiet-hour windows per person and doorbell (or every doorbell).
+pub const MAX_QUIET: usize = 8;
+/// A snooze or mute lasts at most this long (a "do not disturb" switch has no end).
+pub const MAX_MUTE_MS: i64 = 366 * 24 * 3600 * 1000;
+/// Until when "do not disturb" (Home Assistant's switch) mutes: no end of its own.
+pub const FOREVER: i64 = i64::MAX;
+
+impl Profile {
+    /// A profile as a person asks for it: a sound is 1 to 64 of letters, digits, '-', '_',
+    /// '.' (a file name in the app), a volume 0 to 1 and only with `critical`.
+    pub fn new(level: Level, sound: Option<&str>, volume: Option<f64>) -> Result<Profile, String> {
+        if let Some(s) = sound {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "sound: '{}' must be 1 to 64 of letters, digits, '-', '_', '.'",
+                    crate::domain::printable(s)
+                ));
+            }
+        }
+        let volume_milli = match volume {
+            None => None,
+            Some(_) if level != Level::Critical => return Err("volume: only a critical alert has a volume".into()),
+            Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Some((v * 1000.0).round() as u16),
+            Some(v) => return Err(format!("volume: {v} is not from 0 to 1")),
+        };
+        Ok(Profile { level, sound: sound.map(str::to_string), volume_milli })
+    }
+}
+
+/// One change a person (or the household's admin) makes to their rules: the CLI, a phone's
+/// signed request and Home Assistant all say it this way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Alert this way (`None`: as usual, time-sensitive with `ring.sound`).
+    Alert(Option<Profile>),
+    /// Adds quiet hours, replacing those on the same days.
+    QuietSet(Quiet),
+    /// Removes every quiet-hour window.
+    QuietClear,
+    /// Mutes (or silences) until a time.
+    Mute(Snooze),
+    Unmute,
+}
+
+impl Change {
+    /// Applies the change; refuses one that would make the rules too big.
+    pub fn apply(&self, r: &mut Rules) -> Result<(), String> {
+        match self {
+            Change::Alert(p) => r.profile = p.clone(),
+            Change::QuietSet(q) => {
+                r.quiet.retain(|old| old.days != q.days);
+                if r.quiet.len() >= MAX_QUIET {
+                    return Err(format!("at most {MAX_QUIET} quiet-hour windows; remove some first"));
+                }
+                r.quiet.push(q.clone());
+            }
+            Change::QuietClear => r.quiet.clear(),
+            Change::Mute(s) => r.snooze = Some(*s),
+            Change::Unmute => r.snooze = None,
+        }
+        Ok(())
+    }
+}
+
+impl Rules {
+    /// Whether a mute is in force at `now_ms`.
+    pub fn muted_at(&self, now_ms: i64) -> bool {
+        self.snooze.is_some_and(|s| s.until > now_ms)
+    }
+}
+
 /// The gateway's time zone: an IANA name, or the system's when none is configured.
 pub fn time_zone(name: Option<&str>) -> Result<TimeZone, String> {
     match name {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod history;
+mod household;
 mod phone_sim;
 mod tools;
 
@@ -68,6 +69,20 @@ pub enum Command {
     },
     /// Ring history: the latest rings with their outcome counts and latency, or one ring.
     Rings(RingsArgs),
+    /// How a person's phones are alerted (for every doorbell, or one).
+    Alert(household::AlertArgs),
+    /// Quiet hours per person (and doorbell), in `[gateway] timezone`.
+    #[command(subcommand)]
+    Quiet(household::QuietCmd),
+    /// Mute (or silence) a person's phones for a while; it ends by itself.
+    Mute(household::MuteArgs),
+    /// End a person's mute.
+    Unmute {
+        user: String,
+        /// Only this doorbell's mute (else the one for every doorbell).
+        #[arg(long, value_name = "ID")]
+        doorbell: Option<String>,
+    },
     /// An online backup of the database to FILE (0600), safe while the daemon runs.
     Backup {
         file: PathBuf,
@@ -383,6 +398,10 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Diag { json } => tools::diag(&path, *json),
         Command::Rings(args) => history::rings(&path, args),
         Command::Backup { file, force } => history::backup(&path, file, *force),
+        Command::Alert(args) => household::alert(&path, args),
+        Command::Quiet(cmd) => household::quiet(&path, cmd),
+        Command::Mute(args) => household::mute(&path, args),
+        Command::Unmute { user, doorbell } => household::unmute(&path, user, doorbell.as_deref()),
     }
 }
 

@@ -6,6 +6,7 @@
 //! Every field is checked by hand rather than by serde's messages, so that no refusal, reply
 //! or log line ever echoes a value (a code, a token, a signature).
 
+use crate::domain::household::{parse_hhmm, Days, Level, Mode, Profile};
 use crate::domain::{normalize_token, Environment};
 use serde_json::{Map, Value};
 
@@ -116,6 +117,16 @@ pub enum Action {
     Unpair,
     /// `share-code`: args `user`, `doorbell`, `minutes`.
     ShareCode { user: String, doorbell: String, minutes: u32 },
+    /// `alert`: args `doorbell` (or ""), `level`, `sound` (or ""), the volume in thousandths
+    /// (`"500"` for 0.5; or "").
+    Alert { doorbell: Option<String>, level: Level, sound: Option<String>, volume_milli: Option<u16> },
+    /// `quiet`: args `doorbell` (or ""), `from`, `to`, `days`, `mode`; without `from` and
+    /// `to` (both "") the quiet hours are removed.
+    Quiet { doorbell: Option<String>, window: Option<(String, String)>, days: String, mode: Mode },
+    /// `mute`: args `doorbell` (or ""), `until` (UNIX ms; 0 unmutes), `mode`.
+    Mute { doorbell: Option<String>, until: i64, mode: Mode },
+    /// `answer`: args `ring_id`, `action` ("coming").
+    Answer { ring_id: String },
 }
 
 impl std::fmt::Debug for Action {
@@ -126,6 +137,7 @@ impl std::fmt::Debug for Action {
             }
             Action::Unpair => f.write_str("Unpair"),
             Action::ShareCode { user, doorbell, minutes } => write!(f, "ShareCode({user}, {doorbell}, {minutes})"),
+            other => f.write_str(other.name()),
         }
     }
 }
@@ -136,6 +148,10 @@ impl Action {
             Action::ReplaceToken { .. } => "token",
             Action::Unpair => "unpair",
             Action::ShareCode { .. } => "share-code",
+            Action::Alert { .. } => "alert",
+            Action::Quiet { .. } => "quiet",
+            Action::Mute { .. } => "mute",
+            Action::Answer { .. } => "answer",
         }
     }
 
@@ -145,6 +161,20 @@ impl Action {
             Action::ReplaceToken { token, environment } => vec![token.clone(), environment.as_str().into()],
             Action::Unpair => vec![],
             Action::ShareCode { user, doorbell, minutes } => vec![user.clone(), doorbell.clone(), minutes.to_string()],
+            Action::Alert { doorbell, level, sound, volume_milli } => vec![
+                doorbell.clone().unwrap_or_default(),
+                level.as_str().into(),
+                sound.clone().unwrap_or_default(),
+                volume_milli.map(|v| v.to_string()).unwrap_or_default(),
+            ],
+            Action::Quiet { doorbell, window, days, mode } => {
+                let (from, to) = window.clone().unwrap_or_default();
+                vec![doorbell.clone().unwrap_or_default(), from, to, days.clone(), mode.as_str().into()]
+            }
+            Action::Mute { doorbell, until, mode } => {
+                vec![doorbell.clone().unwrap_or_default(), until.to_string(), mode.as_str().into()]
+            }
+            Action::Answer { ring_id } => vec![ring_id.clone(), "coming".into()],
         }
     }
 }
@@ -208,6 +238,40 @@ impl SignedRequest {
                 v["doorbell"] = doorbell.as_str().into();
                 v["minutes"] = (*minutes).into();
             }
+            Action::Alert { doorbell, level, sound, volume_milli } => {
+                v["level"] = level.as_str().into();
+                if let Some(s) = sound {
+                    v["sound"] = s.as_str().into();
+                }
+                if let Some(x) = volume_milli {
+                    v["volume"] = (f64::from(*x) / 1000.0).into();
+                }
+                if let Some(d) = doorbell {
+                    v["doorbell"] = d.as_str().into();
+                }
+            }
+            Action::Quiet { doorbell, window, days, mode } => {
+                if let Some((from, to)) = window {
+                    v["from"] = from.as_str().into();
+                    v["to"] = to.as_str().into();
+                    v["days"] = days.as_str().into();
+                    v["mode"] = mode.as_str().into();
+                }
+                if let Some(d) = doorbell {
+                    v["doorbell"] = d.as_str().into();
+                }
+            }
+            Action::Mute { doorbell, until, mode } => {
+                v["until"] = (*until).into();
+                v["mode"] = mode.as_str().into();
+                if let Some(d) = doorbell {
+                    v["doorbell"] = d.as_str().into();
+                }
+            }
+            Action::Answer { ring_id } => {
+                v["ring_id"] = ring_id.as_str().into();
+                v["action"] = "coming".into();
+            }
         }
         v.to_string()
     }
@@ -242,8 +306,8 @@ pub fn parse_phone_reply(payload: &[u8]) -> Result<PhoneReply, String> {
         Some(Value::Bool(true)) => {
             let request_id = request_id.ok_or("request_id: missing")?;
             let action = match m.get("action") {
-                Some(Value::String(a)) if matches!(a.as_str(), "token" | "unpair" | "share-code") => a.clone(),
-                _ => return Err("action: must be token, unpair or share-code".into()),
+                Some(Value::String(a)) if ACTIONS.contains(&a.as_str()) => a.clone(),
+                _ => return Err(format!("action: must be one of {}", ACTIONS.join(", "))),
             };
             Ok(PhoneReply::Done { request_id, action, fields: m })
         }
@@ -326,7 +390,14 @@ pub fn parse_signed(phone_id: i64, action: &str, payload: &[u8]) -> Result<Signe
         "token" => &["token", "environment"],
         "unpair" => &[],
         "share-code" => &["user", "doorbell", "minutes"],
-        _ => return Err(Refusal::new(None, ErrorCode::BadRequest, "unknown action: use token, unpair or share-code")),
+        "alert" => &["doorbell", "level", "sound", "volume"],
+        "quiet" => &["doorbell", "from", "to", "days", "mode"],
+        "mute" => &["doorbell", "until", "mode"],
+        "answer" => &["ring_id", "action"],
+        _ => {
+            let detail = format!("unknown action: use {}", ACTIONS.join(", "));
+            return Err(Refusal::new(None, ErrorCode::BadRequest, detail));
+        }
     };
     let allowed: Vec<&str> = COMMON.iter().chain(extra).copied().collect();
     let (m, rid) = object(payload, &allowed)?;
@@ -347,6 +418,7 @@ pub fn parse_signed(phone_id: i64, action: &str, payload: &[u8]) -> Result<Signe
     let action = match action {
         "token" => Action::ReplaceToken { token: token_field(&m, &rid)?, environment: environment_field(&m, &rid)? },
         "unpair" => Action::Unpair,
+        "alert" | "quiet" | "mute" | "answer" => household_action(action, &m, &rid)?,
         _ => {
             let user = string(&m, &rid, "user")?;
             crate::domain::check_id("user", user)
@@ -363,6 +435,86 @@ pub fn parse_signed(phone_id: i64, action: &str, payload: &[u8]) -> Result<Signe
         }
     };
     Ok(SignedRequest { phone_id, request_id: rid, ts, nonce: nonce.to_string(), sig, action })
+}
+
+/// The actions of signed phone requests, as their topics name them.
+pub const ACTIONS: [&str; 7] = ["token", "unpair", "share-code", "alert", "quiet", "mute", "answer"];
+
+/// The household controls' requests (`alert`, `quiet`, `mute`, `answer`), checked for shape.
+fn household_action(action: &str, m: &Map<String, Value>, rid: &str) -> Result<Action, Refusal> {
+    let bad = |d: String| Refusal::new(Some(rid), ErrorCode::BadRequest, d);
+    let opt = |key: &str| -> Result<Option<&str>, Refusal> {
+        match m.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(bad(format!("{key}: must be a string"))),
+        }
+    };
+    let doorbell = match opt("doorbell")? {
+        Some(d) => {
+            crate::domain::check_id("doorbell", d)
+                .map_err(|_| bad("doorbell: must be 1 to 64 of letters, digits, '-', '_', '.'".into()))?;
+            Some(d.to_string())
+        }
+        None => None,
+    };
+    let mode = || -> Result<Mode, Refusal> {
+        match opt("mode")? {
+            None => Ok(Mode::Skip),
+            Some(s) => Mode::parse(s).ok_or_else(|| bad("mode: must be \"skip\" or \"silent\"".into())),
+        }
+    };
+    Ok(match action {
+        "alert" => {
+            let level = Level::parse(string(m, rid, "level")?)
+                .ok_or_else(|| bad("level: must be passive, active, time-sensitive or critical".into()))?;
+            let sound = opt("sound")?.map(str::to_string);
+            let volume = match m.get("volume") {
+                None => None,
+                Some(v) => Some(v.as_f64().ok_or_else(|| bad("volume: must be a number from 0 to 1".into()))?),
+            };
+            // The same bounds as the CLI's; the store is handed a checked profile.
+            let p = Profile::new(level, sound.as_deref(), volume).map_err(bad)?;
+            Action::Alert { doorbell, level, sound, volume_milli: p.volume_milli }
+        }
+        "quiet" => {
+            let window = match (opt("from")?, opt("to")?) {
+                (Some(from), Some(to)) => {
+                    let (f, t) = (
+                        parse_hhmm(from).map_err(|e| bad(format!("from: {e}")))?,
+                        parse_hhmm(to).map_err(|e| bad(format!("to: {e}")))?,
+                    );
+                    if f == t {
+                        return Err(bad("from, to: the same time; quiet hours need a length".into()));
+                    }
+                    Some((from.to_string(), to.to_string()))
+                }
+                (None, None) => None,
+                _ => return Err(bad("from, to: give both (set quiet hours) or neither (remove them)".into())),
+            };
+            let days = opt("days")?.unwrap_or("all");
+            Days::parse(days).map_err(|e| bad(format!("days: {}", crate::domain::printable(&e))))?;
+            Action::Quiet { doorbell, window, days: days.to_string(), mode: mode()? }
+        }
+        "mute" => {
+            let until = m
+                .get("until")
+                .and_then(Value::as_i64)
+                .filter(|u| (0..=9_999_999_999_999).contains(u))
+                .ok_or_else(|| bad("until: must be UNIX milliseconds (0 unmutes)".into()))?;
+            Action::Mute { doorbell, until, mode: mode()? }
+        }
+        _ => {
+            let ring_id = string(m, rid, "ring_id")?;
+            if !valid_request_id(ring_id) {
+                return Err(bad("ring_id: must be 1 to 64 of A-Z a-z 0-9 - _".into()));
+            }
+            if string(m, rid, "action")? != "coming" {
+                return Err(bad("action: must be \"coming\"".into()));
+            }
+            Action::Answer { ring_id: ring_id.to_string() }
+        }
+    })
 }
 
 /// Parses `P/gateway/pair-button`: empty, or `{"at": <unix ms>}`.

@@ -27,8 +27,10 @@ use crate::codec::pairing::pake::wire::{Finish, Request};
 use crate::codec::pairing::share;
 use crate::codec::pairing::wire::{Action, ErrorCode, Refusal, SignedRequest};
 use crate::codec::pairing::{Limits, DEFAULT_MINUTES};
+use crate::domain::household::{self, Change, Days, Level, Profile, Quiet, Rules, Snooze};
 use crate::domain::ids::DOORBELL_NAME_MAX;
 use crate::domain::{check_name_within, short_token, valid_id, Environment};
+use crate::store::household::Answered;
 use crate::store::pairing::{Finished, Judgement, NewPhone, Offer, PhoneAction, PhoneCall, PhoneDenied, PhoneDone};
 use crate::store::pairing::{PairedPhone, WindowState};
 use crate::store::rings::short_key;
@@ -36,6 +38,7 @@ use crate::store::StoreHandle;
 use rand::rngs::OsRng;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -78,6 +81,8 @@ pub struct Pairing {
     settings: Settings,
     /// Exchanges between offer and finish (bounded, expiring); never held across an await.
     pending: Mutex<PendingTable>,
+    /// Where an accepted "I'm coming" goes, for its replacement wave and outcome.
+    answers: Option<mpsc::UnboundedSender<Answered>>,
 }
 
 /// What a finish's judgement keeps for the reply.
@@ -88,7 +93,13 @@ enum Verdict {
 
 impl Pairing {
     pub fn new(store: StoreHandle, settings: Settings) -> Pairing {
-        Pairing { store, settings, pending: Mutex::new(PendingTable::new()) }
+        Pairing { store, settings, pending: Mutex::new(PendingTable::new()), answers: None }
+    }
+
+    /// Hands every accepted answer to `tx` (the daemon's answer task).
+    pub fn with_answers(mut self, tx: mpsc::UnboundedSender<Answered>) -> Pairing {
+        self.answers = Some(tx);
+        self
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, PendingTable> {
@@ -217,6 +228,12 @@ impl Pairing {
         let limit = self.settings.limits.phone_requests;
         let now = crate::domain::now_ms();
         let (rid, action) = (req.request_id.clone(), req.action.name());
+        if let Action::Mute { until, .. } = &req.action {
+            if *until > now + household::MAX_MUTE_MS {
+                let r = Refusal::new(Some(&rid), ErrorCode::BadRequest, "until: at most a year from now");
+                return Some(self.refused_phone(phone_id, r));
+            }
+        }
         let r = self
             .store
             .run(move |s| {
@@ -250,6 +267,23 @@ impl Pairing {
                 body["sealed_code"] = sealed.into();
                 body["user"] = opened.user.into();
                 body["expires_at"] = opened.expires_at.into();
+                body
+            }
+            Ok(Ok(PhoneDone::Rules(rules))) => {
+                info!(phone = phone_id, request = %rid, action, "household rules changed by a phone");
+                let mut body = ok;
+                body["rules"] = rules_json(&rules);
+                body
+            }
+            Ok(Ok(PhoneDone::Answered(a))) => {
+                info!(phone = phone_id, request = %rid, ring = %a.ring_id, by = %a.by, "ring answered: coming");
+                let mut body = ok;
+                body["ring_id"] = a.ring_id.as_str().into();
+                body["answered_by"] = a.by.as_str().into();
+                body["answered_at"] = a.at.into();
+                if let Some(tx) = &self.answers {
+                    let _ = tx.send(a);
+                }
                 body
             }
             Ok(Err(denied)) => return Some(self.refused_phone(phone_id, denial(&rid, denied))),
@@ -351,7 +385,51 @@ fn store_action(a: &Action) -> PhoneAction {
         Action::ShareCode { user, doorbell, minutes } => {
             PhoneAction::ShareCode { user: user.clone(), doorbell: doorbell.clone(), minutes: *minutes }
         }
+        Action::Alert { doorbell, level, sound, volume_milli } => {
+            // Checked by the wire already; a profile it let through is always valid.
+            let volume = volume_milli.map(|v| f64::from(v) / 1000.0);
+            let p = Profile::new(*level, sound.as_deref(), volume).unwrap_or_default();
+            let change = Change::Alert((p != Profile::default()).then_some(p));
+            PhoneAction::Rules { doorbell: doorbell.clone(), change }
+        }
+        Action::Quiet { doorbell, window, days, mode } => {
+            let change = match window {
+                Some((from, to)) => Change::QuietSet(Quiet {
+                    from: household::parse_hhmm(from).unwrap_or(0),
+                    to: household::parse_hhmm(to).unwrap_or(0),
+                    days: Days::parse(days).unwrap_or(Days::ALL),
+                    mode: *mode,
+                }),
+                None => Change::QuietClear,
+            };
+            PhoneAction::Rules { doorbell: doorbell.clone(), change }
+        }
+        Action::Mute { doorbell, until, mode } => {
+            let change = if *until == 0 { Change::Unmute } else { Change::Mute(Snooze { until: *until, mode: *mode }) };
+            PhoneAction::Rules { doorbell: doorbell.clone(), change }
+        }
+        Action::Answer { ring_id } => PhoneAction::Answer { ring_id: ring_id.clone() },
     }
+}
+
+/// A person's rules as a reply shows them (times as `HH:MM`, days as written).
+pub fn rules_json(r: &Rules) -> serde_json::Value {
+    let quiet: Vec<serde_json::Value> = r
+        .quiet
+        .iter()
+        .map(|q| {
+            serde_json::json!({"from": household::hhmm(q.from), "to": household::hhmm(q.to),
+                "days": q.days.to_string(), "mode": q.mode.as_str()})
+        })
+        .collect();
+    serde_json::json!({
+        "level": r.profile.as_ref().map_or(Level::default(), |p| p.level).as_str(),
+        "sound": r.profile.as_ref().and_then(|p| p.sound.clone()),
+        "volume": r.profile.as_ref().and_then(Profile::volume),
+        "quiet": quiet,
+        "muted_until": r.snooze.map(|s| s.until),
+        "mute_mode": r.snooze.map(|s| s.mode.as_str()),
+    })
 }
 
 /// The reply to a refused signed request.

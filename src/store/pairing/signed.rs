@@ -4,7 +4,9 @@
 
 use super::{ensure_user_tx, immediate, insert_window, rate_count, rate_record, share_tx, Opened, Opener};
 use crate::codec::pairing::{nonce_keep_until, verify, RateLimit, VerifyError};
+use crate::domain::household::{Change, Rules};
 use crate::domain::Environment;
+use crate::store::household::{answer_tx, rules_tx, write_rules, AnswerDenied, Answered};
 use crate::store::{Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Transaction};
 use zeroize::Zeroizing;
@@ -22,6 +24,15 @@ pub enum PhoneAction {
         user: String,
         doorbell: String,
         minutes: u32,
+    },
+    /// A change to the rules of the phone's own user, for every doorbell or one they see.
+    Rules {
+        doorbell: Option<String>,
+        change: Change,
+    },
+    /// "I'm coming" for a ring.
+    Answer {
+        ring_id: String,
     },
 }
 
@@ -48,6 +59,9 @@ pub enum PhoneDone {
         opened: Opened,
         secret: Zeroizing<Vec<u8>>,
     },
+    /// The user's rules for the scope, as written.
+    Rules(Rules),
+    Answered(Answered),
 }
 
 /// Why a signed request is refused.
@@ -141,6 +155,27 @@ impl Store {
                     };
                 PhoneDone::ShareCode { opened, secret: secret.expect("verified, so the phone has a secret") }
             }
+            PhoneAction::Rules { doorbell, change } => {
+                if let Some(d) = doorbell {
+                    if !sees(&tx, user_id, d)? {
+                        return Ok(Err(PhoneDenied::Forbidden("doorbell: not one this phone's user sees")));
+                    }
+                }
+                let mut rules = rules_tx(&tx, user_id, doorbell.as_deref())?;
+                if change.apply(&mut rules).is_err() {
+                    return Ok(Err(PhoneDenied::Forbidden("quiet: too many windows; remove some first")));
+                }
+                write_rules(&tx, user_id, doorbell.as_deref(), &rules)?;
+                PhoneDone::Rules(rules)
+            }
+            PhoneAction::Answer { ring_id } => match answer_tx(&tx, user_id, call.phone_id, ring_id, now)? {
+                Ok(a) => PhoneDone::Answered(a),
+                Err(AnswerDenied::Unknown) => {
+                    return Ok(Err(PhoneDenied::Forbidden("ring_id: not a ring of a doorbell this phone's user sees")))
+                }
+                Err(AnswerDenied::Expired) => return Ok(Err(PhoneDenied::Forbidden("ring_id: the ring is over"))),
+                Err(AnswerDenied::Taken) => return Ok(Err(PhoneDenied::Conflict("ring_id: answered already"))),
+            },
         };
         rate_record(&tx, &scope, now)?;
         tx.execute("DELETE FROM pair_nonces WHERE keep_until < ?1", [now])?;
@@ -155,6 +190,19 @@ impl Store {
         tx.commit()?;
         Ok(Ok(done))
     }
+}
+
+/// Whether user `uid` sees `doorbell` (owns it, or it is shared with them).
+fn sees(tx: &Transaction, uid: i64, doorbell: &str) -> Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM doorbells WHERE id = ?1 AND owner_id = ?2
+             UNION SELECT 1 FROM shares WHERE doorbell_id = ?1 AND user_id = ?2",
+            params![doorbell, uid],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 /// Points phone `phone_id` at `token`; refused if another registration (another phone of
