@@ -110,6 +110,8 @@ pub fn subscriptions(cfg: &Config) -> Vec<Subscription> {
         subs.push(Subscription::state(ha::status_topic(&cfg.homeassistant.discovery_prefix)));
         // The retained configs: entities of doorbells removed while we were stopped go too.
         subs.push(Subscription::state(ha::config_filter(&cfg.homeassistant.discovery_prefix)));
+        // Each person's "do not disturb" switch and alert-level select.
+        subs.push(Subscription::events(ha::control_command_filter(p)));
     }
     subs
 }
@@ -203,6 +205,24 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
             limits: Default::default(),
         },
     );
+    // "I'm coming": the pairing service records an answer; this task quiets the other phones.
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<crate::store::household::Answered>();
+    let pairing = pairing.with_answers(answers_tx);
+    {
+        let (outbox, stop, ha_events) = (outbox.clone(), stop.clone(), cfg.homeassistant.discovery);
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    // cancel-safe: recv() keeps what it did not hand over
+                    a = answers.recv() => match a {
+                        Some(a) => { outbox.answered(&a, ha_events, &stop).await; }
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let intake = Intake {
         prefix: cfg.mqtt.topic_prefix.clone(),
         routes: settings::routes(&cfg),

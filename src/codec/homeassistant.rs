@@ -84,7 +84,7 @@ pub fn discovery(discovery_prefix: &str, prefix: &str, gateway: &str, doorbell: 
         "unique_id": format!("dingdong_{oid}"),
         "default_entity_id": format!("event.{}", slug(&oid)),
         "device_class": "doorbell",
-        "event_types": ["ring"],
+        "event_types": ["ring", "answered"],
         "state_topic": event_topic(prefix, doorbell),
         "availability": [{
             "topic": format!("{prefix}/status"),
@@ -93,16 +93,140 @@ pub fn discovery(discovery_prefix: &str, prefix: &str, gateway: &str, doorbell: 
             "payload_not_available": "offline",
         }],
         "qos": 1,
-        "device": {
-            "identifiers": [format!("dingdong_{gateway}")],
-            "name": format!("dingdong {gateway}"),
-            "manufacturer": "dingdong",
-            "model": "doorbell push gateway",
-            "sw_version": env!("CARGO_PKG_VERSION"),
-        },
+        "device": device(gateway),
         "origin": { "name": "dingdong", "sw_version": env!("CARGO_PKG_VERSION") },
     });
     (config_topic(discovery_prefix, gateway, doorbell), config.to_string())
+}
+
+/// A person's controls in Home Assistant: a "do not disturb" switch and an alert-level select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Dnd,
+    Alert,
+}
+
+impl Control {
+    pub const ALL: [Control; 2] = [Control::Dnd, Control::Alert];
+
+    fn name(self) -> &'static str {
+        match self {
+            Control::Dnd => "dnd",
+            Control::Alert => "alert",
+        }
+    }
+
+    fn component(self) -> &'static str {
+        match self {
+            Control::Dnd => "switch",
+            Control::Alert => "select",
+        }
+    }
+}
+
+/// The levels the alert select offers, as `Level::as_str` writes them.
+pub const LEVELS: [&str; 4] = ["passive", "active", "time-sensitive", "critical"];
+
+/// Where `user`'s control keeps its state (retained) and takes commands.
+pub fn control_state_topic(prefix: &str, user: &str, c: Control) -> String {
+    format!("{prefix}/ha/user/{user}/{}", c.name())
+}
+
+/// The filter of every person's control commands.
+pub fn control_command_filter(prefix: &str) -> String {
+    format!("{prefix}/ha/user/+/+/set")
+}
+
+/// Where `user`'s control is announced (retained).
+pub fn control_config_topic(discovery_prefix: &str, gateway: &str, user: &str, c: Control) -> String {
+    format!("{discovery_prefix}/{}/{}_{}/config", c.component(), object_id(gateway, user), c.name())
+}
+
+/// A command from Home Assistant: whose control, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Dnd(bool),
+    Alert(&'static str),
+}
+
+/// Reads `P/ha/user/<user>/<control>/set`: the user and the command, or why it is refused.
+/// The user is checked as an id (it names a topic level); the payload is `ON`/`OFF` or a level.
+pub fn parse_command<'a>(prefix: &str, topic: &'a str, payload: &[u8]) -> Option<Result<(&'a str, Command), String>> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix("/ha/user/")?.strip_suffix("/set")?;
+    let (user, control) = rest.split_once('/')?;
+    if crate::domain::check_id("user", user).is_err() {
+        return Some(Err("user: not a user name".into()));
+    }
+    let text = std::str::from_utf8(payload).unwrap_or("").trim();
+    Some(match control {
+        "dnd" => match text {
+            "ON" => Ok((user, Command::Dnd(true))),
+            "OFF" => Ok((user, Command::Dnd(false))),
+            _ => Err("dnd: payload must be ON or OFF".into()),
+        },
+        "alert" => match LEVELS.iter().find(|l| **l == text) {
+            Some(l) => Ok((user, Command::Alert(l))),
+            None => Err(format!("alert: payload must be one of {}", LEVELS.join(", "))),
+        },
+        _ => Err("control: must be dnd or alert".into()),
+    })
+}
+
+/// `(topic, retained payload)` announcing `user`'s control `c`.
+pub fn control_discovery(
+    discovery_prefix: &str,
+    prefix: &str,
+    gateway: &str,
+    user: &str,
+    c: Control,
+) -> (String, String) {
+    let oid = format!("{}_{}", object_id(gateway, user), c.name());
+    let state = control_state_topic(prefix, user, c);
+    let mut config = json!({
+        "name": match c { Control::Dnd => format!("{user} do not disturb"), Control::Alert => format!("{user} doorbell alert") },
+        "unique_id": format!("dingdong_{oid}"),
+        "default_entity_id": format!("{}.{}", c.component(), slug(&oid)),
+        "state_topic": state,
+        "command_topic": format!("{state}/set"),
+        "availability": [{
+            "topic": format!("{prefix}/status"),
+            "value_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }],
+        "qos": 1,
+        "retain": false,
+        "device": device(gateway),
+        "origin": { "name": "dingdong", "sw_version": env!("CARGO_PKG_VERSION") },
+    });
+    match c {
+        Control::Dnd => {
+            config["payload_on"] = "ON".into();
+            config["payload_off"] = "OFF".into();
+            config["icon"] = "mdi:bell-off".into();
+        }
+        Control::Alert => {
+            config["options"] = json!(LEVELS);
+            config["icon"] = "mdi:bell-ring".into();
+        }
+    }
+    (control_config_topic(discovery_prefix, gateway, user, c), config.to_string())
+}
+
+fn device(gateway: &str) -> serde_json::Value {
+    json!({
+        "identifiers": [format!("dingdong_{gateway}")],
+        "name": format!("dingdong {gateway}"),
+        "manufacturer": "dingdong",
+        "model": "doorbell push gateway",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The event an answer ("I'm coming") publishes on the doorbell entity's state topic.
+pub fn answered_event(ring_id: &str, doorbell: &str, by: &str, at: i64) -> String {
+    json!({ "event_type": "answered", "ring_id": ring_id, "doorbell": doorbell, "answered_by": by, "answered_at": at })
+        .to_string()
 }
 
 /// The event a ring publishes on the entity's state topic.
@@ -120,7 +244,7 @@ mod tests {
         assert_eq!(topic, "homeassistant/event/gw-1_front_door/config");
         let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(v["device_class"], "doorbell");
-        assert_eq!(v["event_types"], json!(["ring"]));
+        assert_eq!(v["event_types"], json!(["ring", "answered"]));
         assert_eq!(v["state_topic"], "dingdong/gw-1/doorbell/front.door/event");
         assert_eq!(v["availability"][0]["topic"], "dingdong/gw-1/status");
         assert_eq!(v["name"], "Front door");
@@ -141,5 +265,37 @@ mod tests {
         assert!(!is_config_topic("homeassistant", "homeassistant/event/a/b/config"));
         assert_eq!(config_filter("ha"), "ha/event/+/config");
         assert_eq!(slug("GW-0001_Front.Door--2"), "gw_0001_front_door_2");
+    }
+
+    #[test]
+    fn a_persons_controls_are_a_switch_and_a_select_commanded_over_mqtt() {
+        let (topic, payload) = control_discovery("homeassistant", "dd/gw-1", "gw-1", "alice", Control::Dnd);
+        assert_eq!(topic, "homeassistant/switch/gw-1_alice_dnd/config");
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            (v["state_topic"].as_str(), v["command_topic"].as_str()),
+            (Some("dd/gw-1/ha/user/alice/dnd"), Some("dd/gw-1/ha/user/alice/dnd/set"))
+        );
+        assert!(is_ours("gw-1", payload.as_bytes()));
+        let (topic, payload) = control_discovery("homeassistant", "dd/gw-1", "gw-1", "alice", Control::Alert);
+        assert_eq!(topic, "homeassistant/select/gw-1_alice_alert/config");
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["options"], json!(LEVELS));
+        assert_eq!(v["default_entity_id"], "select.gw_1_alice_alert");
+
+        assert_eq!(
+            parse_command("dd/gw-1", "dd/gw-1/ha/user/alice/dnd/set", b"ON"),
+            Some(Ok(("alice", Command::Dnd(true))))
+        );
+        assert_eq!(
+            parse_command("dd/gw-1", "dd/gw-1/ha/user/alice/alert/set", b"critical"),
+            Some(Ok(("alice", Command::Alert("critical"))))
+        );
+        assert!(matches!(parse_command("dd/gw-1", "dd/gw-1/ha/user/alice/dnd/set", b"maybe"), Some(Err(_))));
+        assert!(matches!(parse_command("dd/gw-1", "dd/gw-1/ha/user/alice/alert/set", b"loud"), Some(Err(_))));
+        assert!(matches!(parse_command("dd/gw-1", "dd/gw-1/ha/user/al ice/dnd/set", b"ON"), Some(Err(_))));
+        assert!(matches!(parse_command("dd/gw-1", "dd/gw-1/ha/user/alice/lights/set", b"ON"), Some(Err(_))));
+        assert_eq!(parse_command("dd/gw-1", "dd/gw-1/button/x/press", b"ON"), None);
+        assert_eq!(control_command_filter("dd/gw-1"), "dd/gw-1/ha/user/+/+/set");
     }
 }

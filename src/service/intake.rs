@@ -84,6 +84,8 @@ struct Memory {
     next_retry: Option<tokio::time::Instant>,
     /// What Home Assistant was told about the doorbells.
     ha: homeassistant::Announced,
+    /// What Home Assistant was told about each person's controls.
+    people: homeassistant::People,
     logged: HashSet<String>,
     transport_reported: Option<String>,
     /// The FCM and Web Push transports last reported stopped.
@@ -94,6 +96,7 @@ impl Intake {
     pub async fn run(self, mut inbox: mpsc::Receiver<Incoming>) {
         let mut mem = Memory { retry_wait: RETRY_MIN, ..Default::default() };
         self.sync_doorbells(&mut mem, true).await;
+        self.sync_people(&mut mem, true).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut got = Vec::with_capacity(BATCH);
         loop {
@@ -122,6 +125,8 @@ impl Intake {
                     self.report_transport(&mut mem);
                     // Doorbells added, renamed or removed (by the CLI, another process).
                     self.sync_doorbells(&mut mem, false).await;
+                    // Rules changed (CLI, phones), people came or went, a mute ended.
+                    self.sync_people(&mut mem, false).await;
                 }
             }
         }
@@ -155,7 +160,12 @@ impl Intake {
             if ha::is_online(&m.payload) {
                 info!("Home Assistant is online: publishing discovery");
                 self.sync_doorbells(mem, true).await;
+                self.sync_people(mem, true).await;
             }
+            self.publisher.ack(m.ack);
+            return None;
+        }
+        if !m.retain && self.on_control(&m.topic, &m.payload, mem).await.is_some() {
             self.publisher.ack(m.ack);
             return None;
         }

@@ -107,6 +107,15 @@ impl Store {
         Ok(rules)
     }
 
+    /// Moves when rules change or people come and go: what Home Assistant's controls follow.
+    pub fn people_version(&self) -> Result<(i64, i64, i64)> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT n FROM household_version), (SELECT COUNT(*) FROM users), (SELECT COALESCE(MAX(id), 0) FROM users)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
     /// Every person's rules, by user and doorbell.
     pub fn list_rules(&self) -> Result<Vec<RulesRow>> {
         let mut st = self.conn.prepare(
@@ -232,6 +241,13 @@ pub(crate) fn answer_tx(
 }
 
 impl Store {
+    /// A finished ring's latency as recorded (none while it is being delivered).
+    pub fn ring_latency(&self, ring_id: &str) -> Result<crate::store::rings::Latency> {
+        Ok(self.conn.query_row("SELECT first_ms, all_ms FROM rings WHERE id = ?1", [ring_id], |r| {
+            Ok(crate::store::rings::Latency { first: r.get(0)?, all: r.get(1)? })
+        })?)
+    }
+
     /// The phones an answer of `ring_id` quiets: those the ring reached (delivered or
     /// silenced), but the one that answered.
     pub fn answer_targets(&self, ring_id: &str, except: i64) -> Result<Vec<JobPhone>> {

@@ -29,8 +29,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+mod answer;
 mod round;
 mod send;
+pub use answer::Wave;
 pub use round::RetryPolicy;
 
 /// Outcomes are written when [`round::BATCH`] have arrived, or when this much time has passed.
@@ -155,6 +157,9 @@ pub struct RingReport {
     /// One line per phone, for rings of at most 100 phones.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<PhoneOutcome>>,
+    /// Once someone answered: the replacement wave that quieted the other phones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Wave>,
 }
 
 #[derive(Clone)]
@@ -234,6 +239,7 @@ impl Outbox {
                     latency_ms: Latency::default(),
                     timing_us: RingTiming::received_at(crate::domain::now_us()).report(),
                     results: None,
+                    answer: None,
                 })
             }
             Err(e) => warn!(ring = %ring_id, error = %e, "cannot read the expired ring"),

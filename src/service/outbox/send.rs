@@ -42,7 +42,7 @@ struct Sending<'a> {
 }
 
 /// The household's decisions for one ring: per person, and whose each phone is.
-struct Rulebook {
+pub(super) struct Rulebook {
     house: Arc<House>,
     decisions: HashMap<i64, Delivery>,
 }
@@ -70,7 +70,7 @@ impl Rulebook {
 /// How a share of phones is alerted: the profile its payload is built for, and whether a
 /// delivery is recorded `silenced` (quiet hours or a mute in `silent` mode).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-struct Tone {
+pub(super) struct Tone {
     profile: Profile,
     silenced: bool,
 }
@@ -157,11 +157,11 @@ impl Progress {
 
 /// The phones of a part that share a [`Share`]: their targets (from a place in them) and
 /// their places in the job.
-type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
+pub(super) type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
 
 /// Which kind of phones a [`Group`] holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Share {
+pub(super) enum Share {
     /// iPhones of one app topic (`None`: `apns.topic`).
     Apns(Option<String>, Tone),
     Fcm(Tone),
@@ -171,7 +171,7 @@ enum Share {
 }
 
 /// One share of a ring and the transport that sends it.
-enum Route {
+pub(super) enum Route {
     Apns(Transport, Arc<Message>),
     Fcm(FcmClient, Arc<Notice>),
     WebPush(WebPushClient, Arc<Notice>),
@@ -193,7 +193,7 @@ impl Route {
     }
 
     /// Sends to `targets[from..]`. Only iPhones come with `from` above 0 (see [`split`]).
-    async fn send(
+    pub(super) async fn send(
         &self,
         targets: Arc<Vec<Target>>,
         from: usize,
@@ -225,17 +225,17 @@ type Alike<'a> = (Platform, crate::domain::Environment, PhoneState, Option<&'a R
 
 /// A part of a ring's phones: `phones[from..]`, the first of them at place `first_seq` in
 /// the job (the places of the others follow).
-struct Part {
-    phones: Recipients,
-    from: usize,
-    first_seq: usize,
+pub(super) struct Part {
+    pub(super) phones: Recipients,
+    pub(super) from: usize,
+    pub(super) first_seq: usize,
 }
 
 /// A part's phones by share: one group per platform, and per app topic for iPhones (nearly
 /// always one group). A part of one share of iPhones hands its targets over as they are,
 /// shared, not copied: a 120,000-phone ring holds each token once. Every other group is a
 /// list of its own, from its start.
-fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
+pub(super) fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
     let Part { phones, from, first_seq } = part;
     let topic_of = |k: usize| match &phones.topics {
         Topics::Same(t) => t.clone(),
@@ -398,7 +398,8 @@ impl Outbox {
             None
         };
         progress.timing.finished = Some(crate::domain::now_us());
-        let report = RingReport { summary, latency_ms: latency, timing_us: progress.timing.report(), results };
+        let report =
+            RingReport { summary, latency_ms: latency, timing_us: progress.timing.report(), results, answer: None };
         if let Some(m) = &self.metrics {
             if let Some(first) = progress.timing.first_request {
                 m.first_request((first - progress.timing.received) / 1000);
