@@ -1,10 +1,26 @@
 //! The `dingdong` binary: parse, set up logging, dispatch, map errors to exit codes.
 use clap::Parser;
 
+/// Help and version as clap prints them; a usage error on one line (what is wrong, the
+/// arguments it names) and exit 2.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind::{DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion};
+    if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    eprintln!("{} (see --help)", said.join(" "));
+    std::process::exit(2);
+}
+
 fn main() {
     fixed_mmap_threshold();
     let _ = dingdong::domain::mem::RELEASE_FREE_MEMORY.set(release_free_memory);
-    let cli = dingdong::app::cli::Cli::parse();
+    let cli = match dingdong::app::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     dingdong::app::logging::init("info");
     let _ = dingdong::app::daemon::LOG_FILTER.set(dingdong::app::logging::set_filter);
     if let Err(e) = dingdong::app::cli::dispatch(cli) {

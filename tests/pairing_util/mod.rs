@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub struct Home {
-    _dir: tempfile::TempDir,
     pub dir: PathBuf,
     pub broker: Mosquitto,
     pub sim: dingdong::app::sim::Sim,
@@ -26,6 +25,8 @@ pub struct Home {
     pub phone_logs: String,
     /// How long each pairing took, request to stored secret (phone-sim's `pairing_ms`).
     pub pairing_ms: Vec<f64>,
+    /// Last: dropped after the daemon, so a failing test still shows the daemon's log.
+    _dir: tempfile::TempDir,
 }
 
 /// alice owns `front`, bob owns `back`; the daemon is up (logging everything) and online.

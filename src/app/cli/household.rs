@@ -57,13 +57,13 @@ pub enum QuietCmd {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "how_long", required = true, multiple = false, args = ["for_", "until"])]
 pub struct MuteArgs {
     pub user: String,
     #[arg(long, value_name = "ID")]
     pub doorbell: Option<String>,
     /// How long: 30m, 2h, 1d (at most a year).
-    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration,
+          required_unless_present = "until", conflicts_with = "until")]
     pub for_: Option<std::time::Duration>,
     /// Until HH:MM (its next occurrence, local time) or an RFC 3339 time.
     #[arg(long, value_name = "TIME")]

@@ -82,6 +82,57 @@ pub enum PhoneSimCmd {
         #[command(flatten)]
         state: StateArg,
     },
+    /// "I'm coming": answer a ring; the other phones are quieted (a signed request).
+    Answer {
+        ring_id: String,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// How this phone's person is alerted (a signed request).
+    Alert {
+        /// passive, active, time-sensitive or critical.
+        #[arg(long)]
+        level: String,
+        #[arg(long, value_name = "NAME")]
+        sound: Option<String>,
+        /// A critical alert's volume, 0 to 1.
+        #[arg(long, value_name = "V")]
+        volume: Option<f64>,
+        #[arg(long, value_name = "ID")]
+        doorbell: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Quiet hours of this phone's person (a signed request); without --from/--to, removes them.
+    Quiet {
+        #[arg(long, value_name = "HH:MM", requires = "to")]
+        from: Option<String>,
+        #[arg(long, value_name = "HH:MM", requires = "from")]
+        to: Option<String>,
+        #[arg(long, default_value = "all")]
+        days: String,
+        #[arg(long, default_value = "skip")]
+        mode: String,
+        #[arg(long, value_name = "ID")]
+        doorbell: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Mute this phone's person for a while, or `--off` (a signed request).
+    Mute {
+        /// How long: 30m, 2h, 1d.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, required_unless_present = "off")]
+        for_: Option<std::time::Duration>,
+        /// Ends the mute.
+        #[arg(long, conflicts_with = "for_")]
+        off: bool,
+        #[arg(long, default_value = "skip")]
+        mode: String,
+        #[arg(long, value_name = "ID")]
+        doorbell: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
 }
 
 /// How the gateway is to reach the phone: exactly one.
@@ -158,6 +209,47 @@ pub fn run(path: &Path, cmd: &PhoneSimCmd) -> Result<(), CliError> {
             let action = Action::ShareCode { user: user.clone(), doorbell: doorbell.clone(), minutes: *minutes };
             super::block_on(false, signed(&cfg, &state.state, action))
         }
+        PhoneSimCmd::Answer { ring_id, state } => {
+            let action = checked("answer", json!({"ring_id": ring_id, "action": "coming"}))?;
+            super::block_on(false, signed(&cfg, &state.state, action))
+        }
+        PhoneSimCmd::Alert { level, sound, volume, doorbell, state } => {
+            let mut v = json!({"level": level, "doorbell": doorbell, "sound": sound, "volume": volume});
+            strip_nulls(&mut v);
+            super::block_on(false, signed(&cfg, &state.state, checked("alert", v)?))
+        }
+        PhoneSimCmd::Quiet { from, to, days, mode, doorbell, state } => {
+            let mut v = json!({"from": from, "to": to, "days": days, "mode": mode, "doorbell": doorbell});
+            strip_nulls(&mut v);
+            super::block_on(false, signed(&cfg, &state.state, checked("quiet", v)?))
+        }
+        PhoneSimCmd::Mute { for_, off, mode, doorbell, state } => {
+            let until = match (for_, off) {
+                (_, true) => 0,
+                (Some(d), false) => crate::domain::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2),
+                (None, false) => return Err(bad_input("give --for DURATION or --off")),
+            };
+            let mut v = json!({"until": until, "mode": mode, "doorbell": doorbell});
+            strip_nulls(&mut v);
+            super::block_on(false, signed(&cfg, &state.state, checked("mute", v)?))
+        }
+    }
+}
+
+/// The request's fields checked as the gateway checks them (exit 2 before anything is sent).
+fn checked(action: &str, mut fields: Value) -> Result<Action, CliError> {
+    fields["request_id"] = "check".into();
+    fields["ts"] = 0.into();
+    fields["nonce"] = "0".repeat(16).into();
+    fields["sig"] = "0".repeat(64).into();
+    crate::codec::pairing::wire::parse_signed(1, action, fields.to_string().as_bytes())
+        .map(|r| r.action)
+        .map_err(|r| bad_input(r.detail))
+}
+
+fn strip_nulls(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|_, x| !x.is_null());
     }
 }
 
@@ -313,7 +405,13 @@ async fn signed(cfg: &Config, file: &Path, action: Action) -> Result<(), CliErro
             out["user"] = fields.get("user").cloned().unwrap_or(Value::Null);
             out["expires_at"] = fields.get("expires_at").cloned().unwrap_or(Value::Null);
         }
-        _ => {}
+        _ => {
+            for k in ["rules", "ring_id", "answered_by", "answered_at"] {
+                if let Some(v) = fields.get(k) {
+                    out[k] = v.clone();
+                }
+            }
+        }
     }
     emit(out);
     Ok(())
