@@ -56,6 +56,100 @@ pub async fn latency(figs: &mut Vec<Figure>, d: &Path) {
     for (nodelay, names) in [(true, &names[0]), (false, &names[1])] {
         back_to_back(figs, &d.join(format!("back-to-back-{nodelay}")), nodelay, names).await;
     }
+    answers(figs, &d.join("answers")).await;
+}
+
+/// "I'm coming" in a 20-phone household (20 people, one phone each, through mosquitto with
+/// `set_tcp_nodelay`): a ring, then one person's signed answer; answer published -> the last
+/// replacement answered by the simulator (its arrival time), and -> the ring's outcome
+/// published again with `answered_by`. 50 rings.
+async fn answers(figs: &mut Vec<Figure>, dir: &Path) {
+    use dingdong::codec::pairing::wire::{Action, SignedRequest};
+    const RINGS: usize = 50;
+    std::fs::create_dir_all(dir).unwrap();
+    let broker = Mosquitto::start_with(dir, free_port(), true);
+    let sim = start_sim(dir).await;
+    let creds = serde_json::to_value(&sim.credentials).unwrap();
+    let cfg = write_bench_config(dir, &broker.url(), &sim.http2_addr.unwrap().to_string(), &creds);
+    ok(&cfg, &["user", "add", "p0"]);
+    for i in 0..RINGS {
+        ok(&cfg, &["doorbell", "add", &format!("d{i}"), "--owner", "p0"]);
+    }
+    let (mut daemon, _) = spawn_daemon_ready(&cfg, dir);
+    // Each person pairs with the reference phone (the answer is a signed request).
+    let mut phones = Vec::new();
+    for p in 0..HOUSEHOLD {
+        let user = format!("p{p}");
+        let opened = ok(&cfg, &["pair", "open", "--user", &user]);
+        let code: String =
+            opened.split(": ").nth(1).unwrap_or("").chars().filter(char::is_ascii_digit).take(8).collect();
+        let state = dir.join(format!("{user}.json"));
+        let t = format!("{:064x}", 0xabc0_0000u64 + u64::from(p));
+        ok(&cfg, &["phone-sim", "pair", "--code", &code, "--token", &t, "--state", state.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        phones.push((v["phone_id"].as_i64().unwrap(), hex::decode(v["secret"].as_str().unwrap()).unwrap()));
+        if p > 0 {
+            for i in 0..RINGS {
+                ok(&cfg, &["share", &format!("d{i}"), &user]);
+            }
+        }
+    }
+    let bridge = Observer::connect(broker.port, &[]).await;
+    let mut listener = Observer::connect(broker.port, &[&format!("{PREFIX}/ring/+")]).await;
+    let (mut last, mut republished, mut wave) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..RINGS {
+        bridge.press(&format!("d{i}"), dingdong::domain::now_ms()).await;
+        let outcome = listener.ring_outcome().await;
+        assert_eq!(outcome["delivered"].as_u64(), Some(HOUSEHOLD as u64), "{outcome}");
+        let ring = outcome["ring_id"].as_str().unwrap().to_string();
+        sim.state.take_received();
+        let (id, secret) = &phones[i % HOUSEHOLD as usize];
+        let nonce = format!("{:032x}", i as u128 + 1);
+        let req = SignedRequest::signed(
+            *id,
+            secret,
+            Action::Answer { ring_id: ring.clone() },
+            "a",
+            dingdong::domain::now_ms(),
+            &nonce,
+        );
+        let t0 = dingdong::domain::now_us();
+        bridge.publish(&format!("{PREFIX}/phone/{id}/answer"), req.encode().as_bytes()).await;
+        let again = listener
+            .wait_for(|t, p| {
+                let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+                (t.ends_with(&ring) && v.get("answered_by").is_some()).then_some(v)
+            })
+            .await;
+        let t_end = dingdong::domain::now_us();
+        assert_eq!(again["answer"]["delivered"].as_u64(), Some(HOUSEHOLD as u64 - 1), "{again}");
+        let got = sim.state.take_received();
+        assert_eq!(got.len(), HOUSEHOLD as usize - 1);
+        last.push((got.iter().map(|r| r.at_us).max().unwrap() - t0) as f64 / 1000.0);
+        republished.push((t_end - t0) as f64 / 1000.0);
+        wave.push(again["answer"]["ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    for v in [&mut last, &mut republished, &mut wave] {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    }
+    report(
+        figs,
+        "answer (20-phone household): published -> last replacement received, p50",
+        percentile(&last, 0.5),
+        "ms",
+        "-",
+    );
+    report(figs, "  same: p99", percentile(&last, 0.99), "ms", "-");
+    report(figs, "  same: answer published -> outcome published again, p50", percentile(&republished, 0.5), "ms", "-");
+    report(
+        figs,
+        "  same: the wave as the daemon measured it (accepted -> last answer), p50",
+        percentile(&wave, 0.5),
+        "ms",
+        "-",
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
 
 /// A household daemon against the in-process simulator, on `broker`.

@@ -114,7 +114,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<PhoneState>(&format!("\"{s}\"")).unwrap(), s);
         }
         let words: Vec<&str> = PhoneState::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(words, ["pending", "delivered", "failed", "pruned", "expired"]);
+        assert_eq!(words, ["pending", "delivered", "failed", "pruned", "expired", "muted", "silenced"]);
         assert_eq!(RingState::parse("Done"), None);
         assert!(!PhoneState::Pending.is_final() && PhoneState::Expired.is_final());
     }

@@ -253,7 +253,10 @@ fn the_send_body_has_what_fcm_and_the_phone_need() {
     assert_eq!(m["token"], FCM_TOKEN);
     assert_eq!(m["notification"]["title"], "Front \"door\"");
     assert_eq!(m["notification"]["body"], "Someone is at Front \"door\"");
-    assert_eq!(m["data"], serde_json::json!({"doorbell": "front", "ring": "r-7"}));
+    assert_eq!(
+        m["data"],
+        serde_json::json!({"doorbell": "front", "ring": "r-7", "level": "time-sensitive", "category": "DOORBELL_RING"})
+    );
     assert_eq!(m["android"]["priority"], "HIGH");
     assert_eq!(m["android"]["ttl"], "297s");
     assert_eq!(m["android"]["collapse_key"], "doorbell-front");
