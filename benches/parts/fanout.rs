@@ -178,20 +178,7 @@ pub async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     report(figs, "idle RSS after start-up", mem_mb(daemon.id(), "VmRSS:"), "MB", "< 15 MB");
     ring(&mut obs, daemon.id(), sim.id()).await;
     let perf = start_perf(daemon.id(), "");
-    let mut warm = Vec::new();
-    for round in 1..=ROUNDS {
-        let mut r = ring(&mut obs, daemon.id(), sim.id()).await;
-        r.h2load = paired(sim.id());
-        println!(
-            "warm round {round}: {:.0}/s press to outcome ({:.3} s), first request {:.1} ms, {:.2} us/notification; h2load {:.0}/s",
-            FANOUT as f64 / r.wall,
-            r.wall,
-            r.stages[3].unwrap_or(f64::NAN),
-            r.cpu / FANOUT as f64 * 1e6,
-            r.h2load.unwrap_or(f64::NAN)
-        );
-        warm.push(r);
-    }
+    let warm = rounds("warm", &mut obs, daemon.id(), sim.id(), &paired).await;
     stop_perf(perf);
     summarize(
         figs,
@@ -217,20 +204,7 @@ pub async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     ok(&cfg, &["mute", "neighbour", "--for", "1h"]);
     ok(&cfg, &["quiet", "set", "concierge", "--from", "00:00", "--to", "23:59", "--mode", "silent"]);
     ring(&mut obs, daemon.id(), sim.id()).await; // the rules read, the new phones in the list
-    let mut ruled = Vec::new();
-    for round in 1..=ROUNDS {
-        let mut r = ring(&mut obs, daemon.id(), sim.id()).await;
-        r.h2load = paired(sim.id());
-        println!(
-            "with rules, round {round}: {:.0}/s press to outcome ({:.3} s), first request {:.1} ms, {:.2} us/notification; h2load {:.0}/s",
-            FANOUT as f64 / r.wall,
-            r.wall,
-            r.stages[3].unwrap_or(f64::NAN),
-            r.cpu / FANOUT as f64 * 1e6,
-            r.h2load.unwrap_or(f64::NAN)
-        );
-        ruled.push(r);
-    }
+    let ruled = rounds("with rules", &mut obs, daemon.id(), sim.id(), &paired).await;
     let share =
         |rings: &[Ring]| median(rings.iter().filter_map(|r| r.h2load.map(|h| FANOUT as f64 / r.wall / h)).collect());
     let rate = |rings: &[Ring]| median(rings.iter().map(|r| FANOUT as f64 / r.wall).collect());
@@ -252,6 +226,31 @@ pub async fn fanout(figs: &mut Vec<Figure>, d: &Path, broker: &Mosquitto) {
     let _ = daemon.wait();
     let _ = sim.kill();
     let _ = sim.wait();
+}
+
+/// [`ROUNDS`] rings on a running daemon, each followed by h2load.
+async fn rounds(
+    kind: &str,
+    obs: &mut Observer,
+    pid: u32,
+    sim_pid: u32,
+    paired: &dyn Fn(u32) -> Option<f64>,
+) -> Vec<Ring> {
+    let mut rings = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut r = ring(obs, pid, sim_pid).await;
+        r.h2load = paired(sim_pid);
+        println!(
+            "{kind} round {round}: {:.0}/s press to outcome ({:.3} s), first request {:.1} ms, {:.2} us/notification; h2load {:.0}/s",
+            FANOUT as f64 / r.wall,
+            r.wall,
+            r.stages[3].unwrap_or(f64::NAN),
+            r.cpu / FANOUT as f64 * 1e6,
+            r.h2load.unwrap_or(f64::NAN)
+        );
+        rings.push(r);
+    }
+    rings
 }
 
 /// What an idle gateway costs: RSS and wake-ups per minute (context switches of all its

@@ -86,12 +86,7 @@ pub fn discovery(discovery_prefix: &str, prefix: &str, gateway: &str, doorbell: 
         "device_class": "doorbell",
         "event_types": ["ring", "answered"],
         "state_topic": event_topic(prefix, doorbell),
-        "availability": [{
-            "topic": format!("{prefix}/status"),
-            "value_template": "{{ value_json.state }}",
-            "payload_available": "online",
-            "payload_not_available": "offline",
-        }],
+        "availability": availability(prefix),
         "qos": 1,
         "device": device(gateway),
         "origin": { "name": "dingdong", "sw_version": env!("CARGO_PKG_VERSION") },
@@ -188,12 +183,7 @@ pub fn control_discovery(
         "default_entity_id": format!("{}.{}", c.component(), slug(&oid)),
         "state_topic": state,
         "command_topic": format!("{state}/set"),
-        "availability": [{
-            "topic": format!("{prefix}/status"),
-            "value_template": "{{ value_json.state }}",
-            "payload_available": "online",
-            "payload_not_available": "offline",
-        }],
+        "availability": availability(prefix),
         "qos": 1,
         "retain": false,
         "device": device(gateway),
@@ -211,6 +201,16 @@ pub fn control_discovery(
         }
     }
     (control_config_topic(discovery_prefix, gateway, user, c), config.to_string())
+}
+
+/// Entities are available while dingdong's retained `P/status` says online.
+fn availability(prefix: &str) -> serde_json::Value {
+    json!([{
+        "topic": format!("{prefix}/status"),
+        "value_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }])
 }
 
 fn device(gateway: &str) -> serde_json::Value {

@@ -206,6 +206,13 @@ impl Quiet {
     }
 }
 
+impl Quiet {
+    /// As replies and `quiet list` show it: times `HH:MM`, days as written.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"from": hhmm(self.from), "to": hhmm(self.to), "days": self.days.to_string(), "mode": self.mode.as_str()})
+    }
+}
+
 /// A snooze until `until` (UNIX ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snooze {

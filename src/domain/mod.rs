@@ -13,7 +13,9 @@ pub mod timing;
 pub mod token;
 
 pub use ids::{check_id, check_name, check_name_within, check_text, printable, valid_id, NameError, NAME_MAX};
-pub use outcome::{short_endpoint, Address, Message, Notice, Outcome, Platform, Reason, Target, WebPushKeys};
+pub use outcome::{
+    short_endpoint, short_key, Address, Message, Notice, Outcome, Platform, Reason, Target, WebPushKeys,
+};
 pub use press::{ButtonPress, Source};
 pub use state::{PhoneState, RingState};
 pub use time::{now_ms, now_us};

@@ -107,6 +107,15 @@ pub fn short_endpoint(endpoint: &str) -> String {
     format!("{host}/…{cut}")
 }
 
+/// All a report may show of a phone's key as the phones table keeps it: 8 characters of a
+/// token, the host and 8 characters of a Web Push endpoint.
+pub fn short_key(platform: Platform, key: &str) -> String {
+    match platform {
+        Platform::Webpush => crate::domain::short_endpoint(key),
+        _ => key.chars().take(8).collect(),
+    }
+}
+
 /// Where one phone is reached. APNs tokens stay inline (no allocation per phone for a
 /// building's iPhones); the others share one allocation each.
 #[derive(Clone, PartialEq, Eq, Hash)]

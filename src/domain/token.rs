@@ -96,14 +96,13 @@ impl Token {
         if !hex.len().is_multiple_of(2) || !(TOKEN_MIN_BYTES..=TOKEN_MAX_BYTES).contains(&n) {
             return None;
         }
-        // faster-hex: a building's 120,000 tokens are decoded on every ring, before the first send.
         if n == 32 {
             let mut b = [0u8; 32];
-            faster_hex::hex_decode(hex.as_bytes(), &mut b).ok()?;
+            hex::decode_to_slice(hex, &mut b).ok()?;
             Some(Token::Inline(b))
         } else {
             let mut b = vec![0u8; n];
-            faster_hex::hex_decode(hex.as_bytes(), &mut b).ok()?;
+            hex::decode_to_slice(hex, &mut b).ok()?;
             Some(Token::Long(b.into()))
         }
     }
@@ -119,7 +118,7 @@ impl Token {
     pub fn write_hex(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.resize(start + 2 * self.bytes().len(), 0);
-        faster_hex::hex_encode(self.bytes(), &mut out[start..]).expect("the slice is twice the token's length");
+        hex::encode_to_slice(self.bytes(), &mut out[start..]).expect("the slice is twice the token's length");
     }
 
     pub fn hex(&self) -> String {

@@ -180,7 +180,7 @@ impl Store {
             Ok(FailingPhone {
                 phone_id: r.get(0)?,
                 user: r.get(1)?,
-                token: super::rings::short_key(platform, &token),
+                token: crate::domain::short_key(platform, &token),
                 environment: r.get(3)?,
                 last_outcome: r.get(4)?,
                 at: r.get(5)?,

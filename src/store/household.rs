@@ -241,13 +241,6 @@ pub(crate) fn answer_tx(
 }
 
 impl Store {
-    /// A finished ring's latency as recorded (none while it is being delivered).
-    pub fn ring_latency(&self, ring_id: &str) -> Result<crate::store::rings::Latency> {
-        Ok(self.conn.query_row("SELECT first_ms, all_ms FROM rings WHERE id = ?1", [ring_id], |r| {
-            Ok(crate::store::rings::Latency { first: r.get(0)?, all: r.get(1)? })
-        })?)
-    }
-
     /// The phones an answer of `ring_id` quiets: those the ring reached (delivered or
     /// silenced), but the one that answered.
     pub fn answer_targets(&self, ring_id: &str, except: i64) -> Result<Vec<JobPhone>> {

@@ -92,7 +92,7 @@ impl Registration {
 
     /// All a terminal may show of it.
     pub fn short(&self) -> String {
-        super::rings::short_key(self.platform(), self.key())
+        crate::domain::short_key(self.platform(), self.key())
     }
 
     fn environment(&self) -> Environment {
@@ -200,7 +200,7 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound {
                 kind: "phone with token",
-                id: super::rings::short_key(platform, &key) + "…",
+                id: crate::domain::short_key(platform, &key) + "…",
             });
         }
         Ok(n)

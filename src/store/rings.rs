@@ -105,14 +105,6 @@ pub struct Latency {
     pub all: Option<i64>,
 }
 
-/// What a report may show of a phone's `token` column.
-pub fn short_key(platform: Platform, key: &str) -> String {
-    match platform {
-        Platform::Webpush => crate::domain::short_endpoint(key),
-        _ => key.chars().take(8).collect(),
-    }
-}
-
 /// One answered phone, as the outbox hands it to [`Store::record_outcomes`].
 #[derive(Debug, Clone)]
 pub struct OutcomeRow {
@@ -414,6 +406,13 @@ impl Store {
         self.close_ring(ring_id, RingState::Done, latency)
     }
 
+    /// A finished ring's latency as recorded (none while it is being delivered).
+    pub fn ring_latency(&self, ring_id: &str) -> Result<Latency> {
+        Ok(self.conn.query_row("SELECT first_ms, all_ms FROM rings WHERE id = ?1", [ring_id], |r| {
+            Ok(Latency { first: r.get(0)?, all: r.get(1)? })
+        })?)
+    }
+
     pub fn ring_summary(&self, ring_id: &str) -> Result<RingSummary> {
         type Row = (String, RingState, i64, i64, i64, Option<String>, Option<i64>);
         let (doorbell, state, pressed_at, presses, phones, answered_by, answered_at): Row = self.conn.query_row(
@@ -467,7 +466,7 @@ impl Store {
         let mut lines = self.ring_states(ring_id)?;
         lines.truncate(limit);
         for l in &mut lines {
-            l.token = short_key(l.platform, &l.token);
+            l.token = crate::domain::short_key(l.platform, &l.token);
         }
         Ok(lines)
     }

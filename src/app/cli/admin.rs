@@ -205,7 +205,7 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
             if !full {
                 for p in &mut phones {
                     let platform = Platform::parse(&p.platform).unwrap_or(Platform::Apns);
-                    p.token = crate::store::rings::short_key(platform, &p.token);
+                    p.token = crate::domain::short_key(platform, &p.token);
                 }
             }
             if *json {

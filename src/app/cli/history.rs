@@ -79,7 +79,7 @@ fn show(store: &Store, ring_id: &str, json: bool, full: bool) -> Result<(), CliE
     let mut d: RingDetail = store.ring_detail(ring_id)?;
     if !full {
         for p in &mut d.results {
-            p.token = crate::store::rings::short_key(p.platform, &p.token);
+            p.token = crate::domain::short_key(p.platform, &p.token);
         }
     }
     if json {

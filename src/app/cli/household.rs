@@ -180,15 +180,7 @@ pub fn quiet(path: &Path, cmd: &QuietCmd) -> Result<(), CliError> {
 
 /// One person's rules for a scope, as `quiet list` shows them (times local, `HH:MM`).
 fn describe(r: &crate::store::household::RulesRow, now: i64, tz: &jiff::tz::TimeZone) -> serde_json::Value {
-    let quiet: Vec<serde_json::Value> = r
-        .rules
-        .quiet
-        .iter()
-        .map(|q| {
-            serde_json::json!({"from": household::hhmm(q.from), "to": household::hhmm(q.to),
-                "days": q.days.to_string(), "mode": q.mode.as_str()})
-        })
-        .collect();
+    let quiet: Vec<serde_json::Value> = r.rules.quiet.iter().map(Quiet::describe).collect();
     let mut v = serde_json::json!({"user": r.user, "doorbell": r.doorbell, "quiet": quiet});
     if let Some(s) = r.rules.snooze.filter(|s| s.until > now) {
         v["muted_until"] = if s.until == household::FOREVER {

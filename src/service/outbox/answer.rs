@@ -8,7 +8,7 @@
 
 use super::send::{split, Part, Route, Share};
 use super::{Outbox, RingReport, DETAIL_LIMIT};
-use crate::domain::{Message, Notice, Outcome, Platform, RingTiming};
+use crate::domain::{Message, Notice, Outcome, RingTiming};
 use crate::store::household::Answered;
 use crate::store::recipients::Recipients;
 use serde::Serialize;
@@ -87,14 +87,8 @@ impl Outbox {
                         priority: 5,
                     }),
                 ),
-                Share::Fcm(_) => match &transports.fcm {
-                    Some(c) => Route::Fcm(c.clone(), notice.clone()),
-                    None => Route::Unconfigured(Platform::Fcm),
-                },
-                Share::WebPush(_) => match &transports.webpush {
-                    Some(c) => Route::WebPush(c.clone(), notice.clone()),
-                    None => Route::Unconfigured(Platform::Webpush),
-                },
+                Share::Fcm(_) => Route::fcm(&transports, notice.clone()),
+                Share::WebPush(_) => Route::webpush(&transports, notice.clone()),
                 Share::Muted(p) => Route::Muted(p),
             };
             async move {

@@ -41,29 +41,48 @@ struct Sending<'a> {
     rules: Option<Rulebook>,
 }
 
-/// The household's decisions for one ring: per person, and whose each phone is.
+/// The household's decisions for one ring, made once per person: each distinct way of
+/// alerting gets a small index (0: as usual), so that sorting a ring's phones by rule costs
+/// one look-up per phone and no copy of any profile.
 pub(super) struct Rulebook {
     house: Arc<House>,
-    decisions: HashMap<i64, Delivery>,
+    /// Index -> how those phones are alerted; `None`: not at all (muted). `ways[0]` is the usual.
+    ways: Vec<Option<Tone>>,
+    /// The people whose phones are not alerted as usual, and their way's index.
+    person_way: HashMap<i64, u8>,
 }
 
 impl Rulebook {
-    /// How phone `phone_id` is alerted: `None` when not at all (muted).
-    fn tone(&self, phone_id: i64) -> Option<Tone> {
-        let usual = Some(Tone::default());
-        let Some(user) = self.house.phone_user.get(&phone_id) else { return usual };
-        match self.decisions.get(user) {
-            None => usual,
-            Some(Delivery::Send(profile)) => Some(Tone { profile: profile.clone(), silenced: false }),
-            Some(Delivery::Silent) => Some(Tone { profile: Profile::silent(), silenced: true }),
-            Some(Delivery::Skip) => None,
+    pub(super) fn new(house: Arc<House>, decisions: HashMap<i64, Delivery>) -> Rulebook {
+        let mut ways = vec![Some(Tone::default())];
+        let mut person_way = HashMap::new();
+        for (user, d) in decisions {
+            let way = match d {
+                Delivery::Send(profile) => Some(Tone { profile, silenced: false }),
+                Delivery::Silent => Some(Tone { profile: Profile::silent(), silenced: true }),
+                Delivery::Skip => None,
+            };
+            let i = match ways.iter().position(|w| *w == way) {
+                Some(i) => i,
+                None => {
+                    ways.push(way);
+                    ways.len() - 1
+                }
+            };
+            if i != 0 {
+                // At most one way per person, and few people: the index fits.
+                person_way.insert(user, u8::try_from(i).unwrap_or(u8::MAX));
+            }
         }
+        Rulebook { house, ways, person_way }
     }
 
-    /// Whether every phone of `targets` is alerted as usual (the common case: one share).
-    fn all_usual(&self, targets: &[Target]) -> bool {
-        let usual = Tone::default();
-        targets.iter().all(|t| self.tone(t.phone_id).as_ref() == Some(&usual))
+    /// The index of the way phone `phone_id` is alerted.
+    fn way(&self, phone_id: i64) -> usize {
+        if self.person_way.is_empty() {
+            return 0;
+        }
+        self.house.phone_user.get(&phone_id).and_then(|u| self.person_way.get(u)).map_or(0, |w| usize::from(*w))
     }
 }
 
@@ -182,6 +201,16 @@ pub(super) enum Route {
 }
 
 impl Route {
+    /// Android phones' route: FCM, or each fails at once without `[fcm]`.
+    pub(super) fn fcm(t: &Transports, notice: Arc<Notice>) -> Route {
+        t.fcm.as_ref().map_or(Route::Unconfigured(Platform::Fcm), |c| Route::Fcm(c.clone(), notice))
+    }
+
+    /// Browsers' route: Web Push, or each fails at once without `[webpush]`.
+    pub(super) fn webpush(t: &Transports, notice: Arc<Notice>) -> Route {
+        t.webpush.as_ref().map_or(Route::Unconfigured(Platform::Webpush), |c| Route::WebPush(c.clone(), notice))
+    }
+
     /// The platform of the phones it sends to (the metrics' `platform` label).
     fn platform(&self) -> Platform {
         match self {
@@ -241,33 +270,51 @@ pub(super) fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
         Topics::Same(t) => t.clone(),
         Topics::PerPhone(ts) => ts[k].clone(),
     };
-    let share_of = |k: usize, t: &Target| {
-        let Some(tone) = rules.map_or(Some(Tone::default()), |r| r.tone(t.phone_id)) else {
-            return Share::Muted(t.platform());
-        };
-        match t.platform() {
-            Platform::Apns => Share::Apns(topic_of(k), tone),
-            Platform::Fcm => Share::Fcm(tone),
-            Platform::Webpush => Share::WebPush(tone),
-        }
+    let usual = [Some(Tone::default())];
+    let ways: &[Option<Tone>] = rules.map_or(&usual, |r| &r.ways);
+    let way_of = |t: &Target| rules.map_or(0, |r| r.way(t.phone_id));
+    let share = |platform: Platform, topic: Option<String>, way: usize| match (&ways[way], platform) {
+        (None, p) => Share::Muted(p),
+        (Some(tone), Platform::Apns) => Share::Apns(topic, tone.clone()),
+        (Some(tone), Platform::Fcm) => Share::Fcm(tone.clone()),
+        (Some(tone), Platform::Webpush) => Share::WebPush(tone.clone()),
     };
     let mine = &phones.targets[from.min(phones.len())..];
     let Some(first) = mine.first() else { return Vec::new() };
-    let seqs = first_seq as i64..(first_seq + mine.len()) as i64;
+    // Each phone's way, once (one look-up in a small map when someone has rules).
+    let way: Vec<u8> = if ways.len() > 1 { mine.iter().map(|t| way_of(t) as u8).collect() } else { Vec::new() };
+    let way_at = |k: usize| way.get(k).map_or(0, |w| usize::from(*w));
     let one_share = first.platform() == Platform::Apns
         && matches!(phones.topics, Topics::Same(_))
         && mine.iter().all(|t| t.platform() == Platform::Apns)
-        && rules.is_none_or(|r| r.all_usual(mine));
+        && way.iter().all(|w| *w == way.first().copied().unwrap_or(0));
     if one_share {
-        return vec![(share_of(from, first), phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
+        let s = share(Platform::Apns, topic_of(from), way_at(0));
+        return vec![(s, phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
     }
-    let mut by_share: HashMap<Share, (Vec<Target>, Vec<i64>)> = HashMap::new();
-    for ((k, t), seq) in mine.iter().enumerate().map(|(k, t)| (from + k, t)).zip(seqs) {
-        let (targets, seqs) = by_share.entry(share_of(k, t)).or_default();
-        seqs.push(seq);
+    // Grouped by platform, app topic and way; each group sized once before it is filled.
+    type Key = (Platform, Option<String>, usize);
+    let key = |k: usize, t: &Target| {
+        let topic = if t.platform() == Platform::Apns { topic_of(from + k) } else { None };
+        (t.platform(), topic, way_at(k))
+    };
+    let mut sizes: HashMap<Key, usize> = HashMap::new();
+    for (k, t) in mine.iter().enumerate() {
+        *sizes.entry(key(k, t)).or_default() += 1;
+    }
+    let mut by_share: HashMap<Key, (Vec<Target>, Vec<i64>)> =
+        sizes.into_iter().map(|(k, n)| (k, (Vec::with_capacity(n), Vec::with_capacity(n)))).collect();
+    for (k, t) in mine.iter().enumerate() {
+        let (targets, seqs) = by_share.get_mut(&key(k, t)).expect("sized above");
         targets.push(t.clone());
+        seqs.push((first_seq + k) as i64);
     }
-    by_share.into_iter().map(|(share, (targets, seqs))| (share, Arc::new(targets), 0, Seqs::List(seqs))).collect()
+    by_share
+        .into_iter()
+        .map(|((platform, topic, way), (targets, seqs))| {
+            (share(platform, topic, way), Arc::new(targets), 0, Seqs::List(seqs))
+        })
+        .collect()
 }
 
 impl Outbox {
@@ -301,9 +348,9 @@ impl Outbox {
             profile: Profile::default(),
             answered_by: None,
         });
-        let rules = job.house.clone().map(|house| Rulebook {
-            decisions: house.decisions(&job.doorbell_id, job.pressed_at.max(job.received_at), &settings.timezone),
-            house,
+        let rules = job.house.clone().map(|house| {
+            let decisions = house.decisions(&job.doorbell_id, job.pressed_at.max(job.received_at), &settings.timezone);
+            Rulebook::new(house, decisions)
         });
         let sending = Sending {
             transports: &transports,
@@ -476,14 +523,8 @@ impl Outbox {
                     }),
                 )
             }
-            Share::Fcm(tone) => match &t.fcm {
-                Some(c) => Route::Fcm(c.clone(), notice(&tone)),
-                None => Route::Unconfigured(Platform::Fcm),
-            },
-            Share::WebPush(tone) => match &t.webpush {
-                Some(c) => Route::WebPush(c.clone(), notice(&tone)),
-                None => Route::Unconfigured(Platform::Webpush),
-            },
+            Share::Fcm(tone) => Route::fcm(t, notice(&tone)),
+            Share::WebPush(tone) => Route::webpush(t, notice(&tone)),
             Share::Muted(p) => Route::Muted(p),
         }
     }
@@ -656,5 +697,76 @@ impl Outbox {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::household::{Level, Profile};
+
+    fn part(n: u32) -> Part {
+        let targets: Vec<Target> = (1..=n)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[0] = i as u8;
+                Target::apns(i64::from(i), crate::domain::Token::Inline(b), crate::domain::Environment::Production)
+            })
+            .collect();
+        Part { phones: Recipients { targets: Arc::new(targets), topics: Topics::Same(None) }, from: 0, first_seq: 10 }
+    }
+
+    /// Phones 1..=5 of users 1..=5 (phone i belongs to user i); `d` decides for the listed people.
+    fn rules(d: &[(i64, Delivery)]) -> Rulebook {
+        let mut house = House::default();
+        for (u, _) in d {
+            house.people.insert(*u, Default::default());
+            house.phone_user.insert(*u, *u);
+        }
+        Rulebook::new(Arc::new(house), d.iter().cloned().collect())
+    }
+
+    fn seqs(s: &Seqs) -> Vec<i64> {
+        match s {
+            Seqs::Run(a) => vec![*a],
+            Seqs::List(v) => v.clone(),
+        }
+    }
+
+    #[test]
+    fn without_rules_or_with_one_way_for_all_the_list_is_shared_not_copied() {
+        let p = part(5);
+        let list = p.phones.targets.clone();
+        let groups = split(p, None);
+        assert_eq!(groups.len(), 1);
+        assert!(Arc::ptr_eq(&groups[0].1, &list) && matches!(groups[0].3, Seqs::Run(10)));
+        // Everyone alerted `active`: still one share, the same list, with that profile.
+        let active = Profile { level: Level::Active, ..Profile::default() };
+        let everyone: Vec<(i64, Delivery)> = (1..=5).map(|u| (u, Delivery::Send(active.clone()))).collect();
+        let p = part(5);
+        let list = p.phones.targets.clone();
+        let groups = split(p, Some(&rules(&everyone)));
+        assert_eq!(groups.len(), 1);
+        assert!(Arc::ptr_eq(&groups[0].1, &list));
+        assert_eq!(groups[0].0, Share::Apns(None, Tone { profile: active, silenced: false }));
+    }
+
+    #[test]
+    fn phones_are_grouped_by_their_persons_way_with_their_places() {
+        let r = rules(&[(2, Delivery::Skip), (4, Delivery::Silent), (5, Delivery::Send(Profile::default()))]);
+        let mut groups = split(part(5), Some(&r));
+        groups.sort_by_key(|g| seqs(&g.3));
+        let got: Vec<(Share, Vec<i64>, Vec<i64>)> = groups
+            .into_iter()
+            .map(|(s, t, from, q)| (s, t[from..].iter().map(|t| t.phone_id).collect(), seqs(&q)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Share::Apns(None, Tone::default()), vec![1, 3, 5], vec![10, 12, 14]),
+                (Share::Muted(Platform::Apns), vec![2], vec![11]),
+                (Share::Apns(None, Tone { profile: Profile::silent(), silenced: true }), vec![4], vec![13]),
+            ]
+        );
     }
 }

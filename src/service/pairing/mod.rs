@@ -29,11 +29,11 @@ use crate::codec::pairing::wire::{Action, ErrorCode, Refusal, SignedRequest};
 use crate::codec::pairing::{Limits, DEFAULT_MINUTES};
 use crate::domain::household::{self, Change, Days, Level, Profile, Quiet, Rules, Snooze};
 use crate::domain::ids::DOORBELL_NAME_MAX;
+use crate::domain::short_key;
 use crate::domain::{check_name_within, short_token, valid_id, Environment};
 use crate::store::household::Answered;
 use crate::store::pairing::{Finished, Judgement, NewPhone, Offer, PhoneAction, PhoneCall, PhoneDenied, PhoneDone};
 use crate::store::pairing::{PairedPhone, WindowState};
-use crate::store::rings::short_key;
 use crate::store::StoreHandle;
 use rand::rngs::OsRng;
 use std::path::PathBuf;
@@ -414,14 +414,7 @@ fn store_action(a: &Action) -> PhoneAction {
 
 /// A person's rules as a reply shows them (times as `HH:MM`, days as written).
 pub fn rules_json(r: &Rules) -> serde_json::Value {
-    let quiet: Vec<serde_json::Value> = r
-        .quiet
-        .iter()
-        .map(|q| {
-            serde_json::json!({"from": household::hhmm(q.from), "to": household::hhmm(q.to),
-                "days": q.days.to_string(), "mode": q.mode.as_str()})
-        })
-        .collect();
+    let quiet: Vec<serde_json::Value> = r.quiet.iter().map(Quiet::describe).collect();
     serde_json::json!({
         "level": r.profile.as_ref().map_or(Level::default(), |p| p.level).as_str(),
         "sound": r.profile.as_ref().and_then(|p| p.sound.clone()),

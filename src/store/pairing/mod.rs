@@ -104,7 +104,7 @@ impl std::fmt::Debug for NewPhone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewPhone")
             .field("platform", &self.platform)
-            .field("address", &crate::store::rings::short_key(self.platform, &self.address))
+            .field("address", &crate::domain::short_key(self.platform, &self.address))
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
