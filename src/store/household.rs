@@ -24,8 +24,9 @@ pub struct PersonRules {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct House {
     pub people: HashMap<i64, PersonRules>,
-    /// The phones of the people above, and whose they are.
-    pub phone_user: HashMap<i64, i64>,
+    /// The phones of the people above and whose they are, `(phone, user)` in phone-id order
+    /// (a ring's phones are in that order too: they are matched in one pass).
+    pub phone_user: Vec<(i64, i64)>,
 }
 
 impl House {
@@ -198,9 +199,10 @@ fn read_house(conn: &rusqlite::Connection) -> Result<House> {
     let mut st = conn.prepare_cached("SELECT id FROM phones INDEXED BY phones_user WHERE user_id = ?1")?;
     for uid in house.people.keys() {
         for id in st.query_map([uid], |r| r.get::<_, i64>(0))? {
-            house.phone_user.insert(id?, *uid);
+            house.phone_user.push((id?, *uid));
         }
     }
+    house.phone_user.sort_unstable();
     Ok(house)
 }
 

@@ -75,7 +75,7 @@ impl Outbox {
             answered_by: Some(a.by.as_str().into()),
         });
         let groups = split(Part { phones, from: 0, first_seq: 0 }, None);
-        let sends = groups.into_iter().map(|(share, targets, from, _)| {
+        let sends = groups.into_iter().map(|(share, targets, range, _)| {
             let route = match share {
                 Share::Apns(topic, _) => Route::Apns(
                     transports.apns.clone(),
@@ -93,8 +93,8 @@ impl Outbox {
             };
             async move {
                 let (tx, mut rx) = mpsc::unbounded_channel();
-                let n = targets.len() - from;
-                let send = route.send(targets, from, tx, stop);
+                let n = range.len();
+                let send = route.send(targets, range, tx, stop);
                 let count = async {
                     let mut delivered = 0;
                     while let Some((_, outcome)) = rx.recv().await {

@@ -60,6 +60,7 @@ impl Seqs {
 pub struct Round {
     targets: Arc<Vec<Target>>,
     from: usize,
+    to: usize,
     seqs: Seqs,
     /// Which phones got an outcome: one the transport never answered for (a bug, a panicked
     /// task) is retried, not left to expire unnoticed.
@@ -95,11 +96,20 @@ pub struct RoundEnd {
 impl Round {
     /// A round over `targets[from..]`; `seqs[k]` is the place of `targets[from + k]`.
     pub fn new(targets: Arc<Vec<Target>>, from: usize, seqs: impl Into<Seqs>) -> Round {
-        let n = targets.len() - from;
+        let to = targets.len();
+        Round::over(targets, from..to, seqs)
+    }
+
+    /// A round over `targets[range]` (a run of a shared list); `seqs[k]` is the place of
+    /// `targets[range.start + k]`.
+    pub fn over(targets: Arc<Vec<Target>>, range: std::ops::Range<usize>, seqs: impl Into<Seqs>) -> Round {
+        let (from, to) = (range.start, range.end.min(targets.len()));
+        let n = to.saturating_sub(from);
         let seqs = seqs.into();
         debug_assert!(!matches!(&seqs, Seqs::List(v) if v.len() != n));
         Round {
             from,
+            to,
             heard: vec![false; n],
             rows: Vec::with_capacity(BATCH.min(n)),
             retry: Vec::new(),
@@ -111,13 +121,14 @@ impl Round {
         }
     }
 
-    /// The phones this round sends to: `targets()[from()..]`.
+    /// The list the round's phones are in: `targets()[range()]`.
     pub fn targets(&self) -> &Arc<Vec<Target>> {
         &self.targets
     }
 
-    pub fn from(&self) -> usize {
-        self.from
+    /// The phones this round sends to, as a range of `targets()`.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.from..self.to
     }
 
     /// Any outcome came back yet.

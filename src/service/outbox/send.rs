@@ -77,12 +77,29 @@ impl Rulebook {
         Rulebook { house, ways, person_way }
     }
 
-    /// The index of the way phone `phone_id` is alerted.
-    fn way(&self, phone_id: i64) -> usize {
-        if self.person_way.is_empty() {
-            return 0;
-        }
-        self.house.phone_user.get(&phone_id).and_then(|u| self.person_way.get(u)).map_or(0, |w| usize::from(*w))
+    /// The index of the way each of `targets` is alerted. A ring's phones are in phone-id
+    /// order, as the house's list is: one pass over both (any other order still works, by
+    /// searching).
+    fn ways(&self, targets: &[Target]) -> Vec<u8> {
+        let pu = &self.house.phone_user;
+        let mut j = 0;
+        let mut last = i64::MIN;
+        targets
+            .iter()
+            .map(|t| {
+                if t.phone_id < last {
+                    j = pu.partition_point(|(p, _)| *p < t.phone_id);
+                }
+                last = t.phone_id;
+                while j < pu.len() && pu[j].0 < t.phone_id {
+                    j += 1;
+                }
+                match pu.get(j) {
+                    Some((p, user)) if *p == t.phone_id => self.person_way.get(user).copied().unwrap_or(0),
+                    _ => 0,
+                }
+            })
+            .collect()
     }
 }
 
@@ -174,9 +191,14 @@ impl Progress {
     }
 }
 
-/// The phones of a part that share a [`Share`]: their targets (from a place in them) and
-/// their places in the job.
-pub(super) type Group = (Share, Arc<Vec<Target>>, usize, Seqs);
+/// The phones of a part that share a [`Share`]: their targets (a range of a list) and their
+/// places in the job.
+pub(super) type Group = (Share, Arc<Vec<Target>>, std::ops::Range<usize>, Seqs);
+
+/// A part whose iPhones fall into at most this many runs of one way each is sent as runs of
+/// its shared list (people's phones are mostly consecutive: a user's phones are added
+/// together); more runs than that, and each way gets a list of its own.
+const MAX_RUNS: usize = 64;
 
 /// Which kind of phones a [`Group`] holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -221,15 +243,15 @@ impl Route {
         }
     }
 
-    /// Sends to `targets[from..]`. Only iPhones come with `from` above 0 (see [`split`]).
+    /// Sends to `targets[range]`. Only iPhones come as a part of a list (see [`split`]); the
+    /// others' lists are their own, whole.
     pub(super) async fn send(
         &self,
         targets: Arc<Vec<Target>>,
-        from: usize,
+        range: std::ops::Range<usize>,
         out: mpsc::UnboundedSender<(usize, Outcome)>,
         stop: &CancellationToken,
     ) -> SendTiming {
-        let range = from..targets.len();
         match self {
             Route::Apns(t, msg) => return t.send(msg.clone(), targets, range, out, stop).await,
             Route::Fcm(c, notice) => c.send(notice.clone(), targets, out, stop).await,
@@ -272,7 +294,6 @@ pub(super) fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
     };
     let usual = [Some(Tone::default())];
     let ways: &[Option<Tone>] = rules.map_or(&usual, |r| &r.ways);
-    let way_of = |t: &Target| rules.map_or(0, |r| r.way(t.phone_id));
     let share = |platform: Platform, topic: Option<String>, way: usize| match (&ways[way], platform) {
         (None, p) => Share::Muted(p),
         (Some(tone), Platform::Apns) => Share::Apns(topic, tone.clone()),
@@ -282,15 +303,36 @@ pub(super) fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
     let mine = &phones.targets[from.min(phones.len())..];
     let Some(first) = mine.first() else { return Vec::new() };
     // Each phone's way, once (one look-up in a small map when someone has rules).
-    let way: Vec<u8> = if ways.len() > 1 { mine.iter().map(|t| way_of(t) as u8).collect() } else { Vec::new() };
+    let way: Vec<u8> = match rules {
+        Some(r) if ways.len() > 1 => r.ways(mine),
+        _ => Vec::new(),
+    };
     let way_at = |k: usize| way.get(k).map_or(0, |w| usize::from(*w));
-    let one_share = first.platform() == Platform::Apns
+    let iphones_of_one_app = first.platform() == Platform::Apns
         && matches!(phones.topics, Topics::Same(_))
-        && mine.iter().all(|t| t.platform() == Platform::Apns)
-        && way.iter().all(|w| *w == way.first().copied().unwrap_or(0));
-    if one_share {
-        let s = share(Platform::Apns, topic_of(from), way_at(0));
-        return vec![(s, phones.targets.clone(), from, Seqs::Run(first_seq as i64))];
+        && mine.iter().all(|t| t.platform() == Platform::Apns);
+    if iphones_of_one_app {
+        // Runs of one way each, over the shared list: nearly always one run, the whole part.
+        let mut runs: Vec<(usize, usize)> = vec![(0, 0)];
+        for k in 1..way.len() {
+            if way[k] != way[k - 1] {
+                runs.push((k, k));
+                if runs.len() > MAX_RUNS {
+                    break;
+                }
+            }
+        }
+        if runs.len() <= MAX_RUNS {
+            let ends: Vec<usize> = runs.iter().skip(1).map(|r| r.0).chain([mine.len()]).collect();
+            return runs
+                .iter()
+                .zip(ends)
+                .map(|(&(start, _), end)| {
+                    let s = share(Platform::Apns, topic_of(from), way_at(start));
+                    (s, phones.targets.clone(), from + start..from + end, Seqs::Run((first_seq + start) as i64))
+                })
+                .collect();
+        }
     }
     // Grouped by platform, app topic and way; each group sized once before it is filled.
     type Key = (Platform, Option<String>, usize);
@@ -312,7 +354,8 @@ pub(super) fn split(part: Part, rules: Option<&Rulebook>) -> Vec<Group> {
     by_share
         .into_iter()
         .map(|((platform, topic, way), (targets, seqs))| {
-            (share(platform, topic, way), Arc::new(targets), 0, Seqs::List(seqs))
+            let all = 0..targets.len();
+            (share(platform, topic, way), Arc::new(targets), all, Seqs::List(seqs))
         })
         .collect()
 }
@@ -469,12 +512,12 @@ impl Outbox {
     /// Sends a part of a ring's phones, every share at once, each until settled. False if
     /// stopped.
     async fn send_part(&self, job: &RingJob, part: Part, sending: &Sending<'_>) -> (bool, Progress) {
-        let shares = split(part, sending.rules.as_ref()).into_iter().map(|(share, targets, from, seqs)| {
+        let shares = split(part, sending.rules.as_ref()).into_iter().map(|(share, targets, range, seqs)| {
             let silenced = matches!(&share, Share::Apns(_, t) | Share::Fcm(t) | Share::WebPush(t) if t.silenced);
             let route = self.route(job, share, sending);
             async move {
                 let mut progress = Progress::default();
-                let round = Round::new(targets, from, seqs);
+                let round = Round::over(targets, range, seqs);
                 let settled = self.send_until_settled(job, (&route, silenced), round, sending, &mut progress).await;
                 (settled, progress)
             }
@@ -551,7 +594,7 @@ impl Outbox {
                 return false;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let send = route.send(round.targets().clone(), round.from(), tx, stop);
+            let send = route.send(round.targets().clone(), round.range(), tx, stop);
             let (sent, ()) =
                 tokio::join!(send, self.record(job, &mut round, rx, (sending, route.platform(), silenced), progress));
             progress.sent(sent);
@@ -721,8 +764,9 @@ mod tests {
         let mut house = House::default();
         for (u, _) in d {
             house.people.insert(*u, Default::default());
-            house.phone_user.insert(*u, *u);
+            house.phone_user.push((*u, *u));
         }
+        house.phone_user.sort_unstable();
         Rulebook::new(Arc::new(house), d.iter().cloned().collect())
     }
 
@@ -751,6 +795,38 @@ mod tests {
         assert_eq!(groups[0].0, Share::Apns(None, Tone { profile: active, silenced: false }));
     }
 
+    /// Phones out of phone-id order (not a ring's order, but possible) still find their way.
+    #[test]
+    fn ways_do_not_depend_on_the_order_of_the_phones() {
+        let r = rules(&[(2, Delivery::Skip), (4, Delivery::Silent)]);
+        let p = part(5);
+        let mut shuffled: Vec<Target> = p.phones.targets.iter().rev().cloned().collect();
+        shuffled.swap(0, 2);
+        let ids: Vec<i64> = shuffled.iter().map(|t| t.phone_id).collect();
+        let want: Vec<u8> = ids.iter().map(|id| r.ways(&p.phones.targets)[(*id - 1) as usize]).collect();
+        assert_eq!(r.ways(&shuffled), want);
+        assert_eq!(r.ways(&p.phones.targets).iter().filter(|w| **w != 0).count(), 2);
+    }
+
+    /// More runs than [`MAX_RUNS`]: each way a list of its own.
+    #[test]
+    fn interleaved_ways_get_lists_of_their_own() {
+        let n = 2 * MAX_RUNS as u32 + 2;
+        let muted: Vec<(i64, Delivery)> =
+            (1..=i64::from(n)).filter(|u| u % 2 == 0).map(|u| (u, Delivery::Skip)).collect();
+        let mut groups = split(part(n), Some(&rules(&muted)));
+        groups.sort_by_key(|g| seqs(&g.3));
+        assert_eq!(groups.len(), 2);
+        let (usual, skipped) = (&groups[0], &groups[1]);
+        assert_eq!(usual.0, Share::Apns(None, Tone::default()));
+        assert_eq!(skipped.0, Share::Muted(Platform::Apns));
+        assert_eq!(
+            usual.1[usual.2.clone()].iter().map(|t| t.phone_id).collect::<Vec<_>>(),
+            (1..=i64::from(n)).step_by(2).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(&skipped.3), (11..10 + i64::from(n)).step_by(2).collect::<Vec<_>>());
+    }
+
     #[test]
     fn phones_are_grouped_by_their_persons_way_with_their_places() {
         let r = rules(&[(2, Delivery::Skip), (4, Delivery::Silent), (5, Delivery::Send(Profile::default()))]);
@@ -758,14 +834,18 @@ mod tests {
         groups.sort_by_key(|g| seqs(&g.3));
         let got: Vec<(Share, Vec<i64>, Vec<i64>)> = groups
             .into_iter()
-            .map(|(s, t, from, q)| (s, t[from..].iter().map(|t| t.phone_id).collect(), seqs(&q)))
+            .map(|(s, t, range, q)| (s, t[range].iter().map(|t| t.phone_id).collect(), seqs(&q)))
             .collect();
+        // Runs of the shared list, each with the place of its first phone.
+        let silent = Tone { profile: Profile::silent(), silenced: true };
         assert_eq!(
             got,
             vec![
-                (Share::Apns(None, Tone::default()), vec![1, 3, 5], vec![10, 12, 14]),
+                (Share::Apns(None, Tone::default()), vec![1], vec![10]),
                 (Share::Muted(Platform::Apns), vec![2], vec![11]),
-                (Share::Apns(None, Tone { profile: Profile::silent(), silenced: true }), vec![4], vec![13]),
+                (Share::Apns(None, Tone::default()), vec![3], vec![12]),
+                (Share::Apns(None, silent), vec![4], vec![13]),
+                (Share::Apns(None, Tone::default()), vec![5], vec![14]),
             ]
         );
     }

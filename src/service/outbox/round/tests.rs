@@ -160,3 +160,15 @@ fn backoff_grows_is_jittered_and_respects_expiry() {
     // Never past expiry.
     assert_eq!(p.delay(10, Duration::from_secs(1), 0.0, None), None);
 }
+
+/// A round over a run inside a shared list: only that run is its, retried or recorded.
+#[test]
+fn a_round_can_be_a_run_inside_its_targets() {
+    let mut r = Round::over(targets(6), 2..4, Seqs::Run(20));
+    assert_eq!(r.range(), 2..4);
+    r.on_outcome(2, Outcome::Delivered);
+    let rows = r.take_rows();
+    assert_eq!((rows.len(), rows[0].seq), (1, 20));
+    let end = r.end();
+    assert_eq!((end.retry.len(), end.seqs.clone(), end.unheard), (1, vec![21], 1));
+}
