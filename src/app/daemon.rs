@@ -192,6 +192,13 @@ pub async fn run(cfg: Config, mut control: Control) -> Result<(), DaemonError> {
     // providers to keep them open): the first press finds them ready.
     outbox.expect(store.run(|s| s.expected_ring_phones()).await?);
     outbox.prepare();
+    // The big doorbells' recipient lists are read now, while those connections open, and
+    // kept: the first ring after a start is sent from memory, as later ones are.
+    let t = std::time::Instant::now();
+    let (lists, phones) = store.run(|s| s.keep_big_lists()).await?;
+    if lists > 0 {
+        info!(lists, phones, ms = t.elapsed().as_millis() as u64, "recipient lists of big doorbells read ahead");
+    }
     // Rings a crash or shutdown left unfinished go out first (or are marked expired).
     resume(&store, &outbox, &deliveries, &stop).await?;
 

@@ -191,6 +191,40 @@ pub fn recipients_on(conn: &rusqlite::Connection, doorbell: &str) -> Result<Vec<
 }
 
 impl Store {
+    /// Reads and keeps the recipient lists of the big doorbells (those a ring would read while
+    /// sending, [`READ_LATER_FROM`] phones or more), widest first, within what is kept at most:
+    /// called at start-up, so that the first ring of a newly started daemon finds its list as
+    /// a later ring does. Returns how many lists and phones are kept.
+    pub fn keep_big_lists(&mut self) -> Result<(usize, usize)> {
+        let doorbells: Vec<String> = self
+            .conn
+            .prepare("SELECT id FROM doorbells")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut big = Vec::new();
+        for d in doorbells {
+            let n = recipients_bound(&self.conn, &d)?;
+            if (READ_LATER_FROM..=KEEP_RECIPIENTS_MAX).contains(&n) {
+                big.push((n, d));
+            }
+        }
+        big.sort_unstable_by(|a, b| b.cmp(a));
+        let mut kept = std::mem::take(&mut self.recipients);
+        let tx = self.conn.transaction()?;
+        let mut lists = 0;
+        for (n, d) in big {
+            if kept.phones() + n > KEEP_RECIPIENTS_MAX {
+                continue;
+            }
+            kept.read(&tx, &d)?;
+            lists += 1;
+        }
+        tx.commit()?;
+        let phones = kept.phones();
+        self.recipients = kept;
+        Ok((lists, phones))
+    }
+
     /// Reads the recipients of ring `ring_id` (of `doorbell`) in one snapshot: hands copies
     /// of the first phones to `early` as soon as they are read (see [`EARLY`]; `early` gets
     /// each part and its place in the list), records how many phones the ring reaches, keeps
@@ -382,6 +416,24 @@ mod tests {
 
     fn phones_of_ring(s: &Store, id: &str) -> i64 {
         s.conn.query_row("SELECT phones FROM rings WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+    }
+
+    /// Read ahead at start-up, a big doorbell's list is there for its first ring (nothing left
+    /// to read while sending); small doorbells are not held.
+    #[test]
+    fn big_lists_read_ahead_serve_the_first_ring() {
+        let (_dir, mut s) = building(READ_LATER_FROM as u64 + 10);
+        s.add_doorbell("porch", None, "owner").unwrap();
+        s.add_user("guest").unwrap();
+        s.add_doorbell("shed", None, "guest").unwrap();
+        s.add_phone("guest", &tok(999_999), Environment::Production, None, None).unwrap();
+        assert_eq!(s.keep_big_lists().unwrap(), (2, 2 * (READ_LATER_FROM + 10)), "building and porch, not shed");
+        let job = ring(&mut s, "r1", 1_000);
+        assert!(!job.unread, "sent from the kept list");
+        assert_eq!(job.phones.len(), READ_LATER_FROM + 10);
+        // A change (a phone added) makes the next ring read again.
+        s.add_phone("owner", &tok(888_888), Environment::Production, None, None).unwrap();
+        assert!(ring(&mut s, "r2", 2_000).unread);
     }
 
     /// A big doorbell's ring is recorded before its phones are read; the first come early, the
