@@ -317,3 +317,98 @@ async fn phones_paired_as_android_and_browser_get_the_ring() {
     assert_eq!(web.state.counts().get(&web.subscriptions[0].id), Some(&2));
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// Household controls where the platform can express them: a browser in quiet hours
+/// (`silent`) gets a passive, silent message and is `silenced`; a muted Android phone gets
+/// nothing and is `muted`; the usual Android phone rings at high priority. Then "I'm coming"
+/// from the owner's iPhone: her Android phone and the browser get the quiet replacement under
+/// the same collapse key and topic, naming who is coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn household_controls_and_answers_reach_android_and_browsers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Mosquitto::start(d);
+    let sim = start_push_sim(d, Faults::default(), 1000, 2, false).await;
+    let cfg = write_config(d, &broker.url(), &sim, Auth::Token);
+    add_push_tables(&cfg, &sim);
+    let (fcm, web) = (sim.fcm.as_ref().unwrap(), sim.webpush.as_ref().unwrap());
+    for u in ["alice", "bob", "carol"] {
+        ok(&cfg, &["user", "add", u]);
+    }
+    ok(&cfg, &["doorbell", "add", "front", "--name", "Front door", "--owner", "alice"]);
+    ok(&cfg, &["share", "front", "bob"]);
+    ok(&cfg, &["share", "front", "carol"]);
+    ok(&cfg, &["phone", "add", "alice", "--fcm", &fcm.tokens[0]]);
+    ok(&cfg, &["phone", "add", "bob", "--webpush", web.subscriptions[0].file.to_str().unwrap()]);
+    ok(&cfg, &["phone", "add", "carol", "--fcm", &fcm.tokens[1]]);
+    let tz = dingdong::domain::household::time_zone(None).unwrap();
+    let now = jiff::Timestamp::now().to_zoned_datetime(tz);
+    let m = now.hour() as i32 * 60 + now.minute() as i32;
+    let at = |x: i32| dingdong::domain::household::hhmm(x.rem_euclid(1440) as u16);
+    ok(&cfg, &["quiet", "set", "bob", "--from", &at(m - 60), "--to", &at(m + 60), "--mode", "silent"]);
+    ok(&cfg, &["mute", "carol", "--for", "1h"]);
+    let daemon = Daemon::spawn(&cfg, d);
+    let mut obs = Observer::connect(broker.port, &[&format!("{PREFIX}/status"), &format!("{PREFIX}/ring/+")]).await;
+    obs.wait_online().await;
+    let iphone = d.join("iphone.phone.json");
+    let code = pair_code(&cfg);
+    let (exit, v) =
+        phone_sim(&cfg, &["pair", "--code", &code, "--token", &token(1), "--state", iphone.to_str().unwrap()]);
+    assert_eq!(exit, 0, "{v}");
+
+    obs.press("front", dingdong::domain::now_ms()).await;
+    let outcome = obs.ring_outcome().await;
+    let ring_id = outcome["ring_id"].as_str().unwrap().to_string();
+    let state = |platform: &str| -> Vec<String> {
+        let mut v: Vec<String> = outcome["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["platform"] == platform)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(state("fcm"), ["delivered", "muted"], "{outcome}");
+    assert_eq!(state("webpush"), ["silenced"], "{outcome}");
+    assert_eq!(state("apns"), ["delivered"], "{outcome}");
+    let android = fcm.state.received();
+    assert_eq!(android.len(), 1, "carol is muted");
+    assert!(android[0].token == fcm.tokens[0] && android[0].high_priority, "{android:?}");
+    let browsers = web.state.received();
+    assert_eq!(browsers.len(), 1);
+    assert_eq!(
+        (browsers[0].payload["silent"].as_bool(), browsers[0].payload["level"].as_str()),
+        (Some(true), Some("passive"))
+    );
+
+    let (exit, v) = phone_sim(&cfg, &["answer", &ring_id, "--state", iphone.to_str().unwrap()]);
+    assert_eq!((exit, v["answered_by"].as_str()), (0, Some("alice")), "{v}");
+    let topic = format!("{PREFIX}/ring/{ring_id}");
+    let again = obs
+        .wait_for(|t, p| {
+            let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+            (t == topic && v["answered_by"] == "alice").then_some(v)
+        })
+        .await;
+    assert_eq!(
+        (again["answer"]["phones"].as_u64(), again["answer"]["delivered"].as_u64()),
+        (Some(2), Some(2)),
+        "{again}"
+    );
+    let android = fcm.state.received();
+    assert_eq!(android.len(), 2);
+    let r = &android[1];
+    assert_eq!(
+        (r.token.as_str(), r.body.as_str(), r.high_priority),
+        (fcm.tokens[0].as_str(), "alice is getting the door", false)
+    );
+    assert_eq!(r.collapse_key, android[0].collapse_key);
+    let browsers = web.state.received();
+    assert_eq!(browsers.len(), 2);
+    assert_eq!(browsers[1].payload["answered_by"], "alice");
+    assert_eq!(browsers[1].topic, browsers[0].topic, "the replacement takes the ring's place");
+    assert_eq!(sim.state.received().len(), 1, "the one who answered gets no replacement");
+    assert_eq!(daemon.terminate(), Some(0));
+}
