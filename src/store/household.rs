@@ -188,8 +188,16 @@ fn read_house(conn: &rusqlite::Connection) -> Result<House> {
     let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
     for row in rows {
         let (uid, bell, json) = row?;
+        // Rules that cannot be read (a hand-edited database) must not cost a ring: that
+        // person's phones ring as usual, and the log says why.
+        let rules = match parse_rules(&json) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(user_id = uid, doorbell = %bell, error = %e, "household rules unreadable: ringing as usual");
+                continue;
+            }
+        };
         let person = house.people.entry(uid).or_default();
-        let rules = parse_rules(&json)?;
         if bell.is_empty() {
             person.all = rules;
         } else {
@@ -259,5 +267,63 @@ impl Store {
             .into_iter()
             .filter(|p| p.phone_id != except && reached.contains(&p.phone_id))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::household::{Change, Mode, Snooze};
+    use crate::domain::Environment;
+    use crate::store::rings::{Press, RingStart};
+
+    fn press(id: &str) -> Press<'_> {
+        let now = crate::domain::now_ms();
+        Press {
+            ring_id: id,
+            doorbell_id: "front",
+            doorbell_name: "front",
+            pressed_at: now,
+            received_at: now,
+            recorded_at: now,
+            expiry_ms: 300_000,
+            debounce_ms: 0,
+            read_later: false,
+        }
+    }
+
+    /// The view follows changes made through the store (as by the CLI, another process) and
+    /// its phones; rules nobody can read ring as usual instead of stopping the ring.
+    #[test]
+    fn the_view_follows_changes_and_unreadable_rules_cost_no_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.add_user("a").unwrap();
+        s.add_user("b").unwrap();
+        s.add_doorbell("front", None, "a").unwrap();
+        s.add_phone("a", &"ab".repeat(32), Environment::Production, None, None).unwrap();
+        assert_eq!(s.house().unwrap(), None, "nobody has rules");
+        let snooze = Snooze { until: crate::domain::now_ms() + 60_000, mode: Mode::Skip };
+        s.update_rules("a", None, |r| Change::Mute(snooze).apply(r).unwrap()).unwrap();
+        let house = s.house().unwrap().expect("a has rules");
+        assert_eq!(house.phone_user.len(), 1);
+        // A phone added to a person with rules joins the view.
+        s.add_phone("a", &"cd".repeat(32), Environment::Production, None, None).unwrap();
+        assert_eq!(s.house().unwrap().unwrap().phone_user.len(), 2);
+        // Rules emptied are removed: back to nobody.
+        s.update_rules("a", None, |r| Change::Unmute.apply(r).unwrap()).unwrap();
+        assert_eq!(s.house().unwrap(), None);
+        assert!(s.list_rules().unwrap().is_empty());
+        // A rules row that cannot be read.
+        s.conn
+            .execute(
+                "INSERT INTO household_rules (user_id, doorbell_id, rules, updated_at) VALUES ((SELECT id FROM users WHERE name = 'a'), '', '{not json', 0)",
+                [],
+            )
+            .unwrap();
+        let RingStart::Created(job) = s.create_ring(&press("r1")).unwrap() else { panic!("no ring") };
+        assert_eq!((job.phones.len(), job.house), (2, None), "rung as usual");
+        assert!(s.update_rules("nobody", None, |_| {}).is_err());
+        assert!(s.update_rules("b", Some("nowhere"), |_| {}).is_err());
     }
 }

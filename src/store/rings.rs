@@ -157,7 +157,11 @@ impl Store {
         self.recipients = kept;
         let mut started = started?;
         if let RingStart::Created(job) = &mut started {
-            job.house = self.house()?;
+            // The household's rules never cost a ring: without them it rings as usual.
+            job.house = self.house().unwrap_or_else(|e| {
+                tracing::warn!(ring = %job.ring_id, error = %e, "household rules unreadable: ringing as usual");
+                None
+            });
         }
         Ok(started)
     }
