@@ -97,6 +97,15 @@ async fn a_household_of_four_gets_exactly_what_each_asked_for() {
         assert_eq!(err.trim().lines().count(), 1, "{bad:?}: one line: {err}");
     }
 
+    // `phone list` says what each person's rules do to a ring now.
+    let phones = h.phones();
+    let now_of = |u: &str| phones.iter().find(|p| p["user"] == u).unwrap()["household"].clone();
+    assert_eq!(
+        (now_of("bob"), now_of("carol"), now_of("dave")),
+        ("muted".into(), "silenced".into(), "critical".into())
+    );
+    assert!(now_of("alice").is_null());
+
     let outcome = h.press("front").await;
     let ring = outcome["ring_id"].as_str().unwrap().to_string();
     assert_eq!((outcome["phones"].as_i64(), outcome["delivered"].as_i64()), (Some(4), Some(2)), "{outcome}");

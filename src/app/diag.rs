@@ -121,7 +121,7 @@ impl Report {
             out.push_str("last rings:\n");
             for r in &self.rings {
                 out.push_str(&format!(
-                    "      {}  {}  {:<16} {:<8} presses {}  phones {}: delivered {}, failed {}, pruned {}, pending {}, expired {}\n",
+                    "      {}  {}  {:<16} {:<8} presses {}  phones {}: delivered {}, failed {}, pruned {}, pending {}, expired {}, muted {}, silenced {}{}\n",
                     r.ring_id,
                     ago(r.pressed_at),
                     r.doorbell,
@@ -132,7 +132,10 @@ impl Report {
                     r.failed,
                     r.pruned,
                     r.pending,
-                    r.expired
+                    r.expired,
+                    r.muted,
+                    r.silenced,
+                    r.answered_by.as_deref().map(|a| format!("; answered by {a}")).unwrap_or_default()
                 ));
             }
         }

@@ -86,6 +86,10 @@ pub struct PhoneRow {
     pub name: Option<String>,
     pub registered_at: i64,
     pub last_outcome: Option<String>,
+    /// What the person's household rules do to a ring now, for every doorbell (`muted`,
+    /// `silenced`, or their alert level when not the usual); filled by `phone list`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub household: Option<String>,
 }
 
 /// Whether `phone add` created a phone or refreshed an existing one.
@@ -400,6 +404,7 @@ impl Store {
                 name: r.get(5)?,
                 registered_at: r.get(6)?,
                 last_outcome: r.get(7)?,
+                household: None,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

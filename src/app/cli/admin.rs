@@ -52,6 +52,28 @@ fn write_secret(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
+/// Fills each phone's `household`: what its person's rules for every doorbell do to a ring
+/// now (`muted`, `silenced`, or an alert level other than the usual).
+fn household_now(
+    store: &Store,
+    cfg: &crate::app::config::Config,
+    phones: &mut [crate::store::PhoneRow],
+) -> Result<(), CliError> {
+    use crate::domain::household::{decide, Delivery, Profile};
+    let rules = store.list_rules()?;
+    let (now, tz) = (crate::domain::now_ms(), cfg.timezone());
+    for p in phones {
+        let Some(r) = rules.iter().find(|r| r.user == p.user && r.doorbell.is_none()) else { continue };
+        p.household = match decide(&r.rules, None, now, &tz) {
+            Delivery::Skip => Some("muted".into()),
+            Delivery::Silent => Some("silenced".into()),
+            Delivery::Send(profile) if profile != Profile::default() => Some(profile.level.as_str().into()),
+            Delivery::Send(_) => None,
+        };
+    }
+    Ok(())
+}
+
 /// `user ...`.
 pub fn user(path: &Path, cmd: &UserCmd) -> Result<(), CliError> {
     let mut store = open(path)?;
@@ -202,6 +224,7 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
         }
         PhoneCmd::List { json, full } => {
             let mut phones = store.list_phones()?;
+            household_now(store, &load(path)?, &mut phones)?;
             if !full {
                 for p in &mut phones {
                     let platform = Platform::parse(&p.platform).unwrap_or(Platform::Apns);
@@ -212,19 +235,20 @@ pub fn phone(path: &Path, cmd: &PhoneCmd) -> Result<(), CliError> {
                 print_json(&phones);
             } else {
                 println!(
-                    "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} LAST PROBLEM",
-                    "ID", "USER", "PLATFORM", "TOKEN", "ENV", "NAME"
+                    "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} {:<14} LAST PROBLEM",
+                    "ID", "USER", "PLATFORM", "TOKEN", "ENV", "NAME", "NOW"
                 );
                 for p in phones {
                     let env = if p.platform == "apns" { p.environment.as_str() } else { "-" };
                     println!(
-                        "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} {}",
+                        "{:>6} {:<16} {:<8} {:<10} {:<11} {:<20} {:<14} {}",
                         p.id,
                         p.user,
                         p.platform,
                         p.token,
                         env,
                         crate::domain::printable(p.name.as_deref().unwrap_or_default()),
+                        p.household.as_deref().unwrap_or("-"),
                         p.last_outcome.unwrap_or_default()
                     );
                 }

@@ -39,6 +39,8 @@ struct Sending<'a> {
     pending: &'a Pending,
     /// What the household's rules say for this ring, per phone (`None`: nobody has rules).
     rules: Option<Rulebook>,
+    /// The APNs payload of each other profile of this ring, built once.
+    payloads: std::sync::Mutex<HashMap<Profile, Bytes>>,
 }
 
 /// The household's decisions for one ring, made once per person: each distinct way of
@@ -403,6 +405,7 @@ impl Outbox {
             stop: &stop,
             pending: &pending,
             rules,
+            payloads: Default::default(),
         };
         // The phones read with the ring; or (a big doorbell) the first ones as soon as the store
         // has read them, then the rest: each part is sent as it comes. A part is the phones of
@@ -546,14 +549,21 @@ impl Outbox {
                 let payload = if tone == Tone::default() {
                     sending.payload.clone()
                 } else {
-                    crate::codec::apns_payload::profile_payload(
-                        &job.doorbell_id,
-                        &job.doorbell_name,
-                        &job.ring_id,
-                        &tone.profile,
-                        &sending.settings.sound,
-                    )
-                    .unwrap_or_else(|_| sending.payload.clone())
+                    // One payload per profile of the ring, however many runs share it.
+                    let mut built = sending.payloads.lock().expect("payloads lock");
+                    built
+                        .entry(tone.profile.clone())
+                        .or_insert_with(|| {
+                            crate::codec::apns_payload::profile_payload(
+                                &job.doorbell_id,
+                                &job.doorbell_name,
+                                &job.ring_id,
+                                &tone.profile,
+                                &sending.settings.sound,
+                            )
+                            .unwrap_or_else(|_| sending.payload.clone())
+                        })
+                        .clone()
                 };
                 Route::Apns(
                     t.apns.clone(),
