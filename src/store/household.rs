@@ -3,7 +3,6 @@
 //! ([`House`], kept between rings and read again only when a trigger moved its counter or the
 //! phones changed), who answered a ring, and the phones a ring's answer quiets.
 
-use super::recipients::{recipients_on, JobPhone};
 use super::{Result, Store, StoreError};
 use crate::domain::household::{decide, Delivery, Rules};
 use jiff::tz::TimeZone;
@@ -248,26 +247,6 @@ pub(crate) fn answer_tx(
         params![ring_id, by, now],
     )?;
     Ok(Ok(Answered { ring_id: ring_id.into(), doorbell_id, doorbell_name, expires_at, by, at: now, phone_id }))
-}
-
-impl Store {
-    /// The phones an answer of `ring_id` quiets: those the ring reached (delivered or
-    /// silenced), but the one that answered.
-    pub fn answer_targets(&self, ring_id: &str, except: i64) -> Result<Vec<JobPhone>> {
-        use crate::domain::PhoneState;
-        let reached: std::collections::HashSet<i64> = self
-            .ring_states(ring_id)?
-            .into_iter()
-            .filter(|l| matches!(l.state, PhoneState::Delivered | PhoneState::Silenced | PhoneState::Pending))
-            .map(|l| l.phone_id)
-            .collect();
-        let doorbell: String =
-            self.conn.query_row("SELECT doorbell_id FROM rings WHERE id = ?1", [ring_id], |r| r.get(0))?;
-        Ok(recipients_on(&self.conn, &doorbell)?
-            .into_iter()
-            .filter(|p| p.phone_id != except && reached.contains(&p.phone_id))
-            .collect())
-    }
 }
 
 #[cfg(test)]

@@ -503,6 +503,20 @@ impl Store {
         Ok(lines)
     }
 
+    /// The phones an answer of `ring_id` quiets: the doorbell's recipients the ring reached or
+    /// is still reaching (delivered, silenced or pending), but the one that answered. One read
+    /// of the recipients and of what the ring recorded.
+    pub fn answer_targets(&self, ring_id: &str, except: i64) -> Result<Vec<JobPhone>> {
+        let doorbell: String =
+            self.conn.query_row("SELECT doorbell_id FROM rings WHERE id = ?1", [ring_id], |r| r.get(0))?;
+        let settled = self.settled(ring_id)?;
+        let reached = |p: &JobPhone| match settled.outcomes.get(&p.phone_id) {
+            Some((.., state, _, _)) => matches!(state, PhoneState::Delivered | PhoneState::Silenced),
+            None => true,
+        };
+        Ok(recipients_on(&self.conn, &doorbell)?.into_iter().filter(|p| p.phone_id != except && reached(p)).collect())
+    }
+
     /// Rings left unfinished by a crash or a shutdown, with their still-pending phones: the
     /// doorbell's recipients now, minus what the ring already settled. A phone removed since
     /// is not sent; the ring's phone count follows.

@@ -2,8 +2,9 @@
 //! Each is one [`Change`] to a person's rules, written in one transaction; the daemon sees it
 //! at the next ring (the store's change counter), and Home Assistant's switch and select follow.
 
-use super::{load, open_store, print_json, CliError};
+use super::{load, open, open_store, print_json, CliError};
 use crate::domain::household::{self, parse_hhmm, Change, Days, Level, Mode, Profile, Quiet, Rules, Snooze};
+use crate::store::Store;
 use clap::{Args, Subcommand};
 use std::path::Path;
 
@@ -80,10 +81,8 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     Mode::parse(s).ok_or_else(|| format!("'{s}' is not a mode: skip or silent"))
 }
 
-/// Applies `change` to `user`'s rules (for `doorbell` or every doorbell) and prints them.
-fn change(path: &Path, user: &str, doorbell: Option<&str>, change: Change) -> Result<Rules, CliError> {
-    let cfg = load(path)?;
-    let mut store = open_store(&cfg)?;
+/// Applies `change` to `user`'s rules (for `doorbell` or every doorbell).
+fn change(store: &mut Store, user: &str, doorbell: Option<&str>, change: Change) -> Result<Rules, CliError> {
     let mut refused = None;
     let rules = store.update_rules(user, doorbell, |r| {
         if let Err(e) = change.apply(r) {
@@ -105,7 +104,7 @@ pub fn alert(path: &Path, a: &AlertArgs) -> Result<(), CliError> {
     let profile = Profile::new(a.level, a.sound.as_deref(), a.volume).map_err(CliError::input)?;
     // The usual profile is stored as no profile (a later change of `ring.sound` applies).
     let p = (profile != Profile::default()).then_some(profile);
-    change(path, &a.user, a.doorbell.as_deref(), Change::Alert(p))?;
+    change(&mut open(path)?, &a.user, a.doorbell.as_deref(), Change::Alert(p))?;
     println!("{}: alerted {} for {}", a.user, a.level, scope(a.doorbell.as_deref()));
     Ok(())
 }
@@ -118,7 +117,7 @@ pub fn quiet(path: &Path, cmd: &QuietCmd) -> Result<(), CliError> {
                 return Err(CliError::input("--from and --to are the same time; quiet hours need a length"));
             }
             let q = Quiet { from: *from, to: *to, days: *days, mode: *mode };
-            change(path, user, doorbell.as_deref(), Change::QuietSet(q))?;
+            change(&mut open(path)?, user, doorbell.as_deref(), Change::QuietSet(q))?;
             println!(
                 "{user}: quiet {}-{} on {days} ({}) for {}",
                 household::hhmm(*from),
@@ -128,7 +127,7 @@ pub fn quiet(path: &Path, cmd: &QuietCmd) -> Result<(), CliError> {
             );
         }
         QuietCmd::Rm { user, doorbell } => {
-            change(path, user, doorbell.as_deref(), Change::QuietClear)?;
+            change(&mut open(path)?, user, doorbell.as_deref(), Change::QuietClear)?;
             println!("{user}: no quiet hours for {}", scope(doorbell.as_deref()));
         }
         QuietCmd::List { json } => {
@@ -221,7 +220,8 @@ pub fn mute(path: &Path, a: &MuteArgs) -> Result<(), CliError> {
         }
         (None, None) => unreachable!("clap requires --for or --until"),
     };
-    change(path, &a.user, a.doorbell.as_deref(), Change::Mute(Snooze { until, mode: a.mode }))?;
+    // The config is read once: its time zone and its database.
+    change(&mut open_store(&cfg)?, &a.user, a.doorbell.as_deref(), Change::Mute(Snooze { until, mode: a.mode }))?;
     let local = jiff::Timestamp::from_millisecond(until)
         .map(|t| t.to_zoned_datetime(cfg.timezone()).strftime("%Y-%m-%d %H:%M %Z").to_string())
         .unwrap_or_default();
@@ -231,7 +231,7 @@ pub fn mute(path: &Path, a: &MuteArgs) -> Result<(), CliError> {
 
 /// `dingdong unmute`.
 pub fn unmute(path: &Path, user: &str, doorbell: Option<&str>) -> Result<(), CliError> {
-    change(path, user, doorbell, Change::Unmute)?;
+    change(&mut open(path)?, user, doorbell, Change::Unmute)?;
     println!("{user}: not muted for {}", scope(doorbell));
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use super::send::{split, Part, Route, Share};
 use super::{Outbox, RingReport, DETAIL_LIMIT};
-use crate::domain::{Message, Notice, Outcome, RingTiming};
+use crate::domain::{Notice, Outcome, RingTiming};
 use crate::store::household::Answered;
 use crate::store::recipients::Recipients;
 use serde::Serialize;
@@ -77,16 +77,10 @@ impl Outbox {
         let groups = split(Part { phones, from: 0, first_seq: 0 }, None);
         let sends = groups.into_iter().map(|(share, targets, range, _)| {
             let route = match share {
-                Share::Apns(topic, _) => Route::Apns(
-                    transports.apns.clone(),
-                    Arc::new(Message {
-                        topic: topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone()),
-                        payload: payload.clone(),
-                        expiration: (a.expires_at / 1000).max(0) as u64,
-                        collapse_id: a.doorbell_id.as_str().into(),
-                        priority: 5,
-                    }),
-                ),
+                Share::Apns(topic, _) => {
+                    let topic = topic.map(Arc::from).unwrap_or_else(|| settings.topic.clone());
+                    Route::apns(&transports, topic, payload.clone(), a.expires_at, &a.doorbell_id, true)
+                }
                 Share::Fcm(_) => Route::fcm(&transports, notice.clone()),
                 Share::WebPush(_) => Route::webpush(&transports, notice.clone()),
                 Share::Muted(p) => Route::Muted(p),

@@ -225,6 +225,27 @@ pub(super) enum Route {
 }
 
 impl Route {
+    /// iPhones' route: one message for all of them, under the doorbell's collapse id (a newer
+    /// ring, or an answer's replacement, takes the place of the older one on the phone);
+    /// passive ones at priority 5, as Apple asks for notifications that need not wake.
+    pub(super) fn apns(
+        t: &Transports,
+        topic: Arc<str>,
+        payload: Bytes,
+        expires_at: i64,
+        doorbell: &str,
+        passive: bool,
+    ) -> Route {
+        let msg = Message {
+            topic,
+            payload,
+            expiration: (expires_at / 1000).max(0) as u64,
+            collapse_id: doorbell.into(),
+            priority: if passive { 5 } else { 10 },
+        };
+        Route::Apns(t.apns.clone(), Arc::new(msg))
+    }
+
     /// Android phones' route: FCM, or each fails at once without `[fcm]`.
     pub(super) fn fcm(t: &Transports, notice: Arc<Notice>) -> Route {
         t.fcm.as_ref().map_or(Route::Unconfigured(Platform::Fcm), |c| Route::Fcm(c.clone(), notice))
@@ -565,16 +586,8 @@ impl Outbox {
                         })
                         .clone()
                 };
-                Route::Apns(
-                    t.apns.clone(),
-                    Arc::new(Message {
-                        topic: topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone()),
-                        payload,
-                        expiration: (job.expires_at / 1000).max(0) as u64,
-                        collapse_id: job.doorbell_id.as_str().into(),
-                        priority: if tone.profile.level == Level::Passive { 5 } else { 10 },
-                    }),
-                )
+                let topic = topic.map(Arc::from).unwrap_or_else(|| sending.settings.topic.clone());
+                Route::apns(t, topic, payload, job.expires_at, &job.doorbell_id, tone.profile.level == Level::Passive)
             }
             Share::Fcm(tone) => Route::fcm(t, notice(&tone)),
             Share::WebPush(tone) => Route::webpush(t, notice(&tone)),
